@@ -1,0 +1,38 @@
+"""The ``cytostore`` command line: thin click commands over the Python API."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from cytostore.cli._common import CytostoreGroup
+from cytostore.cli.info import info
+from cytostore.cli.sql import sql
+
+__all__ = ["main"]
+
+
+@click.group(cls=CytostoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cytostore")
+@click.option("-v", "--verbose", is_flag=True, help="Log what the library does (stderr).")
+def main(verbose: bool) -> None:
+    """cytostore: a self-supervised feature store for leukaemia cytomorphology.
+
+    Turn folders of single-cell images into a store of embeddings with SQL over all
+    metadata, similarity search, linear probes and attention-MIL heads.
+
+    \b
+    Example:
+        cytostore synth demo-data --cells-per-dataset 600 --seed 0
+        cytostore ingest demo-store demo-data
+        cytostore info demo-store
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+for _command in (info, sql):
+    main.add_command(_command)

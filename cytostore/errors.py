@@ -1,0 +1,115 @@
+"""All exceptions raised by cytostore.
+
+Every message says what was wrong and how to fix it. Subclasses of
+:class:`InvalidArgumentError` are a caller's mistake (the CLI turns them into a usage
+error, exit code 2); every other :class:`CytostoreError` is a one-line failure (exit 1).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CytostoreError",
+    "InvalidArgumentError",
+    "StoreNotFoundError",
+    "StoreBusyError",
+    "StoreCorruptError",
+    "ReadOnlyError",
+    "InvalidWhereError",
+    "EmptySelectionError",
+    "LayoutNotFoundError",
+    "UnknownModelError",
+    "UnknownEmbeddingSetError",
+    "UnknownHeadError",
+    "DimensionMismatchError",
+    "ConfigMismatchError",
+    "TrainingDivergedError",
+    "NotFittedError",
+    "ImageDecodeError",
+    "LabelError",
+    "SplitError",
+]
+
+
+class CytostoreError(Exception):
+    """Base class of every error cytostore raises on purpose."""
+
+
+class InvalidArgumentError(CytostoreError, ValueError):
+    """An argument given by the caller is invalid (CLI exit code 2)."""
+
+
+class StoreNotFoundError(InvalidArgumentError, FileNotFoundError):
+    """The store folder or its catalog does not exist."""
+
+
+class StoreBusyError(CytostoreError, TimeoutError):
+    """Another process holds the catalog for writing longer than the busy timeout."""
+
+
+class StoreCorruptError(CytostoreError):
+    """Files of the store disagree with the catalog (sizes, counts, hashes)."""
+
+
+class ReadOnlyError(InvalidArgumentError):
+    """A write was attempted through a read-only entry point (``cytostore sql``)."""
+
+
+class InvalidWhereError(InvalidArgumentError):
+    """A ``--where`` SQL filter does not parse or names a missing column."""
+
+
+class EmptySelectionError(InvalidArgumentError):
+    """A selection (``--where``, label, split) holds no cells."""
+
+
+class LayoutNotFoundError(InvalidArgumentError):
+    """No known dataset layout was found under the given path."""
+
+
+class UnknownModelError(InvalidArgumentError, KeyError):
+    """A model name is not registered in the store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownEmbeddingSetError(InvalidArgumentError, KeyError):
+    """An embedding set (or the model it would come from) does not exist."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownHeadError(InvalidArgumentError, KeyError):
+    """A head name is not registered in the store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class DimensionMismatchError(CytostoreError, ValueError):
+    """Vectors of one dimension were given to a set or index of another."""
+
+
+class ConfigMismatchError(InvalidArgumentError):
+    """A resumed run's configuration differs from the one it would resume."""
+
+
+class TrainingDivergedError(CytostoreError, FloatingPointError):
+    """Training produced a non-finite loss; the last good checkpoint is kept."""
+
+
+class NotFittedError(CytostoreError, ValueError, AttributeError):
+    """An estimator was used before ``fit``."""
+
+
+class ImageDecodeError(CytostoreError, OSError):
+    """A file could not be decoded as an image."""
+
+
+class LabelError(InvalidArgumentError):
+    """Labels cannot support the requested head (one class, too few members, ...)."""
+
+
+class SplitError(InvalidArgumentError):
+    """A split specification or split file cannot be used."""

@@ -1,0 +1,5 @@
+"""The on-disk store: DuckDB catalog, vector files, FAISS indexes, search, SQL, export."""
+
+from cytostore.store.catalog import CATALOG_FILE, CELL_COLUMNS, QueryResult, Store
+
+__all__ = ["CATALOG_FILE", "CELL_COLUMNS", "QueryResult", "Store"]

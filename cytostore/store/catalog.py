@@ -1,0 +1,619 @@
+"""The store: a folder holding ``catalog.duckdb`` and the files around it.
+
+DuckDB allows one writing process or many readers, never both. The :class:`Store`
+therefore opens a connection for each operation and closes it right after; writers
+keep their transactions short, and a reader that finds the catalog locked retries for
+``busy_timeout_s`` seconds before raising :class:`~cytostore.errors.StoreBusyError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import numpy.typing as npt
+
+from cytostore.errors import (
+    EmptySelectionError,
+    InvalidWhereError,
+    ReadOnlyError,
+    StoreBusyError,
+    StoreNotFoundError,
+)
+from cytostore.store.migrations import MIGRATIONS
+
+__all__ = ["Store", "QueryResult", "CATALOG_FILE", "CELL_COLUMNS"]
+
+logger = logging.getLogger(__name__)
+
+CATALOG_FILE = "catalog.duckdb"
+#: Columns of ``cells`` a reader may fill, in table order (``cell_id`` is assigned).
+CELL_COLUMNS = (
+    "dataset",
+    "path",
+    "label",
+    "patient_id",
+    "um_per_px",
+    "width",
+    "height",
+    "sha256",
+    "cell_type",
+    "reannotation1",
+    "reannotation2",
+)
+_PATIENT_FIXED = ("dataset", "patient_id", "bag_label", "age", "sex")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LOCK_MARKERS = ("Could not set lock", "Conflicting lock", "database is locked")
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """Rows of a query with their column names.
+
+    Attributes:
+        columns: Column names, in order.
+        rows: One tuple per row, values as Python objects.
+    """
+
+    columns: list[str]
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def dicts(self) -> list[dict[str, Any]]:
+        """Return the rows as dicts keyed by column name."""
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+    def column(self, name: str) -> list[Any]:
+        """Return the values of one column.
+
+        Raises:
+            KeyError: If ``name`` is not a column of the result.
+        """
+        i = self.columns.index(name) if name in self.columns else -1
+        if i < 0:
+            raise KeyError(f"no column {name!r}; columns are {self.columns}")
+        return [row[i] for row in self.rows]
+
+
+def _busy_timeout_s() -> float:
+    return float(os.environ.get("CYTOSTORE_BUSY_TIMEOUT_S", "30"))
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    return any(m in str(exc) for m in _LOCK_MARKERS)
+
+
+def safe_identifier(name: str) -> str:
+    """Return ``name`` as a column/table name, or raise if it is not a plain identifier.
+
+    Raises:
+        InvalidArgumentError: If ``name`` has characters other than letters, digits, _.
+    """
+    from cytostore.errors import InvalidArgumentError
+
+    if not _IDENT.match(name):
+        raise InvalidArgumentError(
+            f"{name!r} is not a valid table/column name: use letters, digits and _ "
+            "and start with a letter"
+        )
+    return name
+
+
+class Store:
+    """A cytostore store on disk: the catalog and its vectors, indexes and models.
+
+    Use :meth:`open` (or :meth:`create`) rather than the constructor.
+
+    Attributes:
+        root: The store folder.
+        busy_timeout_s: How long an operation waits for a writer to release the catalog.
+
+    Examples:
+        >>> import tempfile
+        >>> store = Store.create(tempfile.mkdtemp() + "/s")
+        >>> store.sql("SELECT count(*) AS n FROM cells").rows
+        [(0,)]
+    """
+
+    def __init__(self, root: Path, busy_timeout_s: float | None = None) -> None:
+        self.root = Path(root)
+        self.busy_timeout_s = (
+            _busy_timeout_s() if busy_timeout_s is None else busy_timeout_s
+        )
+        self._conn: duckdb.DuckDBPyConnection | None = None
+        self._conn_read_only = True
+
+    # ------------------------------------------------------------------ opening
+    @property
+    def catalog_path(self) -> Path:
+        """Path of ``catalog.duckdb``."""
+        return self.root / CATALOG_FILE
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str]) -> Store:
+        """Open the store at ``path``, creating the folder and catalog if missing.
+
+        Returns:
+            The opened store, migrated to the current schema.
+        """
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        store = cls(root)
+        store._migrate()
+        return store
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], create: bool = False) -> Store:
+        """Open an existing store (or create one with ``create=True``).
+
+        Returns:
+            The opened store, migrated to the current schema.
+
+        Raises:
+            StoreNotFoundError: If there is no ``catalog.duckdb`` under ``path``.
+            StoreBusyError: If a writer holds the catalog past the busy timeout.
+        """
+        if create:
+            return cls.create(path)
+        root = Path(path)
+        if not (root / CATALOG_FILE).is_file():
+            raise StoreNotFoundError(
+                f"no store at {str(root)!r} (no {CATALOG_FILE}): create one with "
+                f"'cytostore ingest {root} DATA_PATH'"
+            )
+        store = cls(root)
+        store._migrate()
+        return store
+
+    def _applied_migrations(self) -> set[int]:
+        with self.connect(read_only=not self._needs_create()) as con:
+            has = con.execute(
+                "SELECT count(*) FROM information_schema.tables "
+                "WHERE table_name = 'schema_migrations'"
+            ).fetchone()
+            if not has or has[0] == 0:
+                return set()
+            return {r[0] for r in con.execute("SELECT id FROM schema_migrations").fetchall()}
+
+    def _needs_create(self) -> bool:
+        return not self.catalog_path.exists()
+
+    def _migrate(self) -> None:
+        applied = self._applied_migrations()
+        todo = [m for m in MIGRATIONS if m[0] not in applied]
+        if not todo:
+            return
+        with self.transaction() as con:
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(id INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP)"
+            )
+            done = {r[0] for r in con.execute("SELECT id FROM schema_migrations").fetchall()}
+            for number, name, sql in todo:
+                if number in done:
+                    continue
+                logger.info("applying migration %s", name)
+                con.execute(sql)
+                con.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, now())",
+                    [number, name],
+                )
+            self._refresh_views(con)
+
+    # -------------------------------------------------------------- connections
+    @contextlib.contextmanager
+    def connect(self, read_only: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Open the catalog for one operation, retrying while another process writes.
+
+        Nested calls reuse the connection already open in this store (a read inside
+        a write sees the write's uncommitted changes).
+
+        Yields:
+            A DuckDB connection, closed when the block ends.
+
+        Raises:
+            StoreBusyError: If the catalog stays locked for ``busy_timeout_s``.
+        """
+        if self._conn is not None and (read_only or not self._conn_read_only):
+            yield self._conn
+            return
+        if self._conn is not None:
+            raise RuntimeError("cannot open a write connection inside a read one")
+        deadline = time.monotonic() + self.busy_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                con = duckdb.connect(str(self.catalog_path), read_only=read_only)
+                break
+            except duckdb.Error as exc:
+                if not _is_lock_error(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise StoreBusyError(
+                        f"the store {str(self.root)!r} is busy: another process is "
+                        f"writing to it (waited {self.busy_timeout_s:.0f} s); try "
+                        "again when it finishes, or raise CYTOSTORE_BUSY_TIMEOUT_S"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        self._conn, self._conn_read_only = con, read_only
+        try:
+            yield con
+        finally:
+            self._conn = None
+            con.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Open the catalog for writing, in one transaction committed at the end.
+
+        Yields:
+            A DuckDB connection inside ``BEGIN``; an exception rolls everything back.
+        """
+        if self._conn is not None and not self._conn_read_only:
+            # Already inside a transaction of this store: join it.
+            yield self._conn
+            return
+        with self.connect(read_only=False) as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    # -------------------------------------------------------------------- reads
+    def sql(
+        self, query: str, params: Sequence[Any] | dict[str, Any] | None = None
+    ) -> QueryResult:
+        """Run one read-only SQL query against the catalog.
+
+        Returns:
+            The result's columns and rows (an empty result for statements without).
+
+        Raises:
+            ReadOnlyError: If the query tries to change the catalog.
+            InvalidWhereError: If the query does not parse or names a missing object.
+        """
+        with self.connect(read_only=True) as con:
+            try:
+                cur = con.execute(query, params) if params else con.execute(query)
+            except (duckdb.InvalidInputException, duckdb.PermissionException) as exc:
+                if "read-only" in str(exc) or "read only" in str(exc):
+                    raise ReadOnlyError(
+                        "cytostore sql opens the catalog read-only and cannot change "
+                        "it: use a SELECT query (or open catalog.duckdb with any "
+                        "DuckDB client to write)"
+                    ) from None
+                raise InvalidWhereError(_first_line(exc)) from None
+            except duckdb.Error as exc:
+                raise InvalidWhereError(_first_line(exc)) from None
+            if cur.description is None:
+                return QueryResult(columns=[], rows=[])
+            columns = [d[0] for d in cur.description]
+            return QueryResult(columns=columns, rows=cur.fetchall())
+
+    def where_ids(
+        self, where: str | None = None, empty_ok: bool = False
+    ) -> npt.NDArray[np.int64]:
+        """Return the sorted cell ids whose ``cell_meta`` row satisfies ``where``.
+
+        Args:
+            where: A SQL boolean expression over the columns of the view ``cell_meta``
+                (e.g. ``"dataset = 'lmu' AND age > 60"``); ``None`` selects all cells.
+            empty_ok: Return an empty array instead of raising when nothing matches.
+
+        Returns:
+            int64 array of cell ids, ascending.
+
+        Raises:
+            InvalidWhereError: If ``where`` does not parse or names a missing column.
+            EmptySelectionError: If nothing matches and ``empty_ok`` is false.
+        """
+        query = "SELECT cell_id FROM cell_meta"
+        if where:
+            query += f" WHERE ({where})"
+        query += " ORDER BY cell_id"
+        with self.connect(read_only=True) as con:
+            try:
+                ids = con.execute(query).fetchnumpy()["cell_id"]
+            except duckdb.Error as exc:
+                raise InvalidWhereError(
+                    f"invalid --where {where!r}: {_first_line(exc)} (it is evaluated "
+                    "against the columns of cell_meta: see 'cytostore sql STORE "
+                    "\"DESCRIBE cell_meta\"')"
+                ) from None
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size == 0 and not empty_ok:
+            raise EmptySelectionError(
+                f"--where {where!r} selects no cells: loosen the filter "
+                "(check values with 'cytostore sql STORE \"SELECT ...\"')"
+            )
+        return ids
+
+    def cell_meta(
+        self, ids: npt.NDArray[np.int64] | Sequence[int], columns: Sequence[str]
+    ) -> QueryResult:
+        """Return ``columns`` of ``cell_meta`` for ``ids``, in the order of ``ids``.
+
+        Raises:
+            InvalidWhereError: If a column does not exist.
+        """
+        cols = ", ".join(f'"{safe_identifier(c)}"' for c in columns)
+        arr = np.asarray(ids, dtype=np.int64)
+        with self.connect(read_only=True) as con:
+            try:
+                res = con.execute(
+                    f"SELECT q.i, {cols} FROM (SELECT unnest(?) AS id, "
+                    "generate_subscripts(?, 1) AS i) q JOIN cell_meta m "
+                    "ON m.cell_id = q.id ORDER BY q.i",
+                    [arr.tolist(), arr.tolist()],
+                )
+                rows = [r[1:] for r in res.fetchall()]
+            except duckdb.BinderException as exc:
+                raise InvalidWhereError(_first_line(exc)) from None
+        return QueryResult(columns=list(columns), rows=rows)
+
+    def columns(self, table: str = "cell_meta") -> list[str]:
+        """Return the column names of a catalog table or view."""
+        with self.connect(read_only=True) as con:
+            return [
+                r[0]
+                for r in con.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = ? ORDER BY ordinal_position",
+                    [table],
+                ).fetchall()
+            ]
+
+    def dataset_roots(self) -> dict[str, Path]:
+        """Return each dataset's root folder (cell paths are relative to it)."""
+        rows = self.sql("SELECT dataset, root FROM datasets").rows
+        return {d: Path(r) for d, r in rows}
+
+    def cell_paths(self, ids: npt.NDArray[np.int64] | Sequence[int]) -> list[Path]:
+        """Return the absolute image path of each cell, in the order of ``ids``.
+
+        Raises:
+            InvalidArgumentError: If an id is not a catalogued cell.
+        """
+        from cytostore.errors import InvalidArgumentError
+
+        arr = np.asarray(ids, dtype=np.int64)
+        res = self.cell_meta(arr, ["cell_id", "dataset", "path"])
+        if len(res.rows) != arr.size:
+            found = {r[0] for r in res.rows}
+            missing = [int(i) for i in arr if int(i) not in found][:5]
+            raise InvalidArgumentError(
+                f"unknown cell ids {missing}: list ids with "
+                "'cytostore sql STORE \"SELECT cell_id FROM cells\"'"
+            )
+        roots = self.dataset_roots()
+        return [roots[d] / p for _, d, p in res.rows]
+
+    def info(self) -> dict[str, Any]:
+        """Summarise the store.
+
+        Returns:
+            A dict with ``root``, ``datasets`` (one dict per dataset: ``dataset``,
+            ``layout``, ``cells``, ``patients``, ``labels``, ``skipped``,
+            ``um_per_px``, ``root``), totals ``cells``, ``patients``, ``skipped``,
+            and the counts of ``models``, ``embedding_sets`` and ``heads``.
+        """
+        datasets = self.sql(
+            """
+            SELECT d.dataset, d.layout,
+                   (SELECT count(*) FROM cells c WHERE c.dataset = d.dataset) AS cells,
+                   (SELECT count(*) FROM patients p WHERE p.dataset = d.dataset)
+                       AS patients,
+                   (SELECT count(DISTINCT label) FROM cells c
+                        WHERE c.dataset = d.dataset) AS labels,
+                   (SELECT count(*) FROM skipped s WHERE s.dataset = d.dataset)
+                       AS skipped,
+                   d.um_per_px, d.root
+            FROM datasets d ORDER BY d.dataset
+            """
+        ).dicts()
+        tables = set(self.sql("SELECT table_name FROM information_schema.tables").column(
+            "table_name"
+        ))
+
+        def count(table: str) -> int:
+            if table not in tables:
+                return 0
+            return int(self.sql(f"SELECT count(*) FROM {table}").rows[0][0])
+
+        return {
+            "root": str(self.root),
+            "datasets": datasets,
+            "cells": count("cells"),
+            "patients": count("patients"),
+            "skipped": count("skipped"),
+            "models": count("models"),
+            "embedding_sets": count("embedding_sets"),
+            "heads": count("heads"),
+        }
+
+    # ------------------------------------------------------------------- writes
+    def _refresh_views(self, con: duckdb.DuckDBPyConnection) -> None:
+        patient_cols = [
+            r[0]
+            for r in con.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'patients' ORDER BY ordinal_position"
+            ).fetchall()
+        ]
+        extra = [c for c in patient_cols if c not in ("dataset", "patient_id")]
+        select_p = "".join(f', p."{c}"' for c in extra)
+        con.execute(
+            f"""
+            CREATE OR REPLACE VIEW cell_meta AS
+            SELECT c.*{select_p}, d.layout
+            FROM cells c
+            LEFT JOIN patients p
+              ON p.dataset = c.dataset AND p.patient_id = c.patient_id
+            LEFT JOIN datasets d ON d.dataset = c.dataset
+            """
+        )
+
+    def upsert_dataset(
+        self,
+        dataset: str,
+        layout: str,
+        root: str | os.PathLike[str],
+        um_per_px: float | None,
+        n_expected: int | None = None,
+    ) -> None:
+        """Record (or update) one dataset's layout, root folder and pixel size."""
+        with self.transaction() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO datasets VALUES (?, ?, ?, ?, ?, now())",
+                [dataset, layout, str(Path(root).resolve()), um_per_px, n_expected],
+            )
+
+    def existing_paths(self, dataset: str) -> dict[str, str | None]:
+        """Return ``{path: sha256}`` of the cells already catalogued for ``dataset``."""
+        rows = self.sql(
+            "SELECT path, sha256 FROM cells WHERE dataset = ?", [dataset]
+        ).rows
+        return {p: h for p, h in rows}
+
+    def add_cells(self, rows: Sequence[dict[str, Any]]) -> npt.NDArray[np.int64]:
+        """Add cells; rows whose (dataset, path) is already catalogued are left alone.
+
+        Args:
+            rows: Dicts with keys from :data:`CELL_COLUMNS` (``dataset`` and ``path``
+                required). New cells get ids ``max(cell_id) + 1, ...`` in row order.
+
+        Returns:
+            int64 ids of the cells, in the order of ``rows`` (existing ids for
+            existing cells).
+        """
+        if not rows:
+            return np.zeros(0, dtype=np.int64)
+        with self.transaction() as con:
+            existing = dict(
+                con.execute(
+                    "SELECT dataset || chr(0) || path, cell_id FROM cells "
+                    "WHERE dataset IN (SELECT unnest(?))",
+                    [sorted({r["dataset"] for r in rows})],
+                ).fetchall()
+            )
+            next_id = int(
+                con.execute("SELECT coalesce(max(cell_id), 0) FROM cells").fetchone()[0]  # type: ignore[index]
+            )
+            ids: list[int] = []
+            new: list[tuple[Any, ...]] = []
+            for r in rows:
+                key = f"{r['dataset']}\0{r['path']}"
+                if key in existing:
+                    ids.append(existing[key])
+                    continue
+                next_id += 1
+                existing[key] = next_id
+                ids.append(next_id)
+                new.append((next_id, *(r.get(c) for c in CELL_COLUMNS)))
+            if new:
+                placeholders = ", ".join("?" * (len(CELL_COLUMNS) + 1))
+                con.executemany(f"INSERT INTO cells VALUES ({placeholders})", new)
+                con.execute(
+                    "DELETE FROM skipped WHERE dataset || chr(0) || path IN "
+                    "(SELECT unnest(?))",
+                    [[f"{r[1]}\0{r[2]}" for r in new]],
+                )
+        return np.asarray(ids, dtype=np.int64)
+
+    def add_skipped(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        """Record inputs that could not be read, as ``(dataset, path, reason)``."""
+        if not rows:
+            return
+        with self.transaction() as con:
+            con.executemany(
+                "INSERT OR REPLACE INTO skipped VALUES (?, ?, ?, now())", list(rows)
+            )
+
+    def upsert_patients(self, dataset: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Add or replace patients of ``dataset`` with all their metadata columns.
+
+        Columns beyond ``patient_id, bag_label, age, sex`` are added to ``patients``
+        as DOUBLE when every value is a number (or None), else VARCHAR. A column
+        whose name clashes with a ``cells`` column is stored as ``patient_<name>``.
+
+        Raises:
+            InvalidArgumentError: If a column name is not a plain identifier.
+        """
+        if not rows:
+            return
+        cell_cols = set(CELL_COLUMNS) | {"cell_id", "layout"}
+        renamed: list[dict[str, Any]] = []
+        for r in rows:
+            out: dict[str, Any] = {}
+            for k, v in r.items():
+                key = k if k in _PATIENT_FIXED or k not in cell_cols else f"patient_{k}"
+                out[key] = v
+            renamed.append(out)
+        extra: dict[str, str] = {}
+        for r in renamed:
+            for k, v in r.items():
+                if k in _PATIENT_FIXED:
+                    continue
+                safe_identifier(k)
+                numeric = v is None or (
+                    isinstance(v, int | float) and not isinstance(v, bool)
+                )
+                if k not in extra or (extra[k] == "DOUBLE" and not numeric):
+                    extra[k] = "DOUBLE" if numeric else "VARCHAR"
+        with self.transaction() as con:
+            have = {
+                r[0]: r[1]
+                for r in con.execute(
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_name = 'patients'"
+                ).fetchall()
+            }
+            for k, typ in extra.items():
+                if k not in have:
+                    con.execute(f'ALTER TABLE patients ADD COLUMN "{k}" {typ}')
+                    have[k] = typ
+            columns = list(_PATIENT_FIXED) + list(extra)
+            values = []
+            for r in renamed:
+                row = [dataset if c == "dataset" else r.get(c) for c in columns]
+                values.append(
+                    [
+                        str(v) if v is not None and have.get(c) == "VARCHAR" else v
+                        for c, v in zip(columns, row, strict=True)
+                    ]
+                )
+            col_sql = ", ".join(f'"{c}"' for c in columns)
+            con.executemany(
+                f"INSERT OR REPLACE INTO patients ({col_sql}) "
+                f"VALUES ({', '.join('?' * len(columns))})",
+                values,
+            )
+            self._refresh_views(con)
+
+    def refresh_views(self) -> None:
+        """Recreate ``cell_meta`` after a schema change of ``cells`` or ``patients``."""
+        with self.transaction() as con:
+            self._refresh_views(con)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def require_selection(ids: npt.NDArray[np.int64], what: str) -> None:
+    """Raise :class:`EmptySelectionError` naming ``what`` if ``ids`` is empty."""
+    if ids.size == 0:
+        raise EmptySelectionError(f"{what} selects no cells: loosen the filter")

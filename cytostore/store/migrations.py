@@ -1,0 +1,106 @@
+"""Numbered schema migrations of the catalog, applied in order when a store is opened.
+
+A migration is ``(number, name, sql)``; the applied numbers are kept in the table
+``schema_migrations``. Never edit an applied migration: add a new one. Ranges by owner:
+1-9 catalog core, 10-19 embedder, 20-29 vectors and indexes, 30-39 heads.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "Migration"]
+
+Migration = tuple[int, str, str]
+
+_M001_CATALOG = """
+CREATE TABLE datasets (
+    dataset      VARCHAR PRIMARY KEY,
+    layout       VARCHAR NOT NULL,
+    root         VARCHAR NOT NULL,
+    um_per_px    DOUBLE,
+    n_expected   BIGINT,
+    ingested_at  TIMESTAMP
+);
+CREATE TABLE patients (
+    dataset      VARCHAR NOT NULL,
+    patient_id   VARCHAR NOT NULL,
+    bag_label    VARCHAR,
+    age          DOUBLE,
+    sex          VARCHAR,
+    PRIMARY KEY (dataset, patient_id)
+);
+CREATE TABLE cells (
+    cell_id       BIGINT PRIMARY KEY,
+    dataset       VARCHAR NOT NULL,
+    path          VARCHAR NOT NULL,
+    label         VARCHAR,
+    patient_id    VARCHAR,
+    um_per_px     DOUBLE,
+    width         INTEGER,
+    height        INTEGER,
+    sha256        VARCHAR,
+    cell_type     VARCHAR,
+    reannotation1 VARCHAR,
+    reannotation2 VARCHAR,
+    UNIQUE (dataset, path)
+);
+CREATE TABLE skipped (
+    dataset     VARCHAR NOT NULL,
+    path        VARCHAR NOT NULL,
+    reason      VARCHAR NOT NULL,
+    skipped_at  TIMESTAMP,
+    PRIMARY KEY (dataset, path)
+);
+"""
+
+_M002_LATER_FLOORS = """
+CREATE TABLE models (
+    name        VARCHAR PRIMARY KEY,
+    method      VARCHAR NOT NULL,
+    backbone    VARCHAR NOT NULL,
+    dim         INTEGER NOT NULL,
+    path        VARCHAR NOT NULL,
+    sha256      VARCHAR,
+    card        JSON,
+    created_at  TIMESTAMP
+);
+CREATE TABLE heads (
+    name        VARCHAR PRIMARY KEY,
+    kind        VARCHAR NOT NULL,
+    model       VARCHAR,
+    label       VARCHAR,
+    path        VARCHAR NOT NULL,
+    report      JSON,
+    created_at  TIMESTAMP
+);
+CREATE TABLE predictions (
+    cell_id        BIGINT NOT NULL,
+    head           VARCHAR NOT NULL,
+    label          VARCHAR,
+    probability    DOUBLE,
+    probabilities  JSON,
+    predicted_at   TIMESTAMP,
+    PRIMARY KEY (cell_id, head)
+);
+CREATE TABLE patient_predictions (
+    dataset      VARCHAR NOT NULL,
+    patient_id   VARCHAR NOT NULL,
+    head         VARCHAR NOT NULL,
+    label        VARCHAR,
+    probability  DOUBLE,
+    fold         INTEGER,
+    PRIMARY KEY (dataset, patient_id, head)
+);
+CREATE TABLE attention (
+    cell_id     BIGINT NOT NULL,
+    head        VARCHAR NOT NULL,
+    patient_id  VARCHAR,
+    attention   DOUBLE,
+    fold        INTEGER,
+    PRIMARY KEY (cell_id, head)
+);
+"""
+
+MIGRATIONS: list[Migration] = [
+    (1, "m001_catalog", _M001_CATALOG),
+    (2, "m002_models_heads_predictions", _M002_LATER_FLOORS),
+]

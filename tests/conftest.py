@@ -1,0 +1,62 @@
+"""Shared fixtures: isolated environment, temporary stores, the real shared data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cytostore.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", help="also run slow tests")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: slow test, run with --runslow")
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """No test reads the user's home, hub caches or cytostore settings."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for key in list(os.environ):
+        if key.startswith("CYTOSTORE_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("CYTOSTORE_BUSY_TIMEOUT_S", "5")
+
+
+@pytest.fixture
+def tmp_store(tmp_path: Path) -> Iterator[Store]:
+    """A new empty store in a temporary folder."""
+    yield Store.create(tmp_path / "store")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` (real metadata and images); skips the test when absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"real data not available: {SHARED} is absent")
+    return SHARED
