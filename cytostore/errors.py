@@ -27,6 +27,7 @@ __all__ = [
     "ImageDecodeError",
     "LabelError",
     "SplitError",
+    "WeightsMismatchError",
 ]
 
 
@@ -113,3 +114,7 @@ class LabelError(InvalidArgumentError):
 
 class SplitError(InvalidArgumentError):
     """A split specification or split file cannot be used."""
+
+
+class WeightsMismatchError(InvalidArgumentError):
+    """A weights file (``--init``, ``backbone.pt``) does not fit the chosen backbone."""
