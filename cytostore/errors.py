@@ -28,6 +28,7 @@ __all__ = [
     "LabelError",
     "SplitError",
     "WeightsMismatchError",
+    "StoreWriteError",
 ]
 
 
@@ -118,3 +119,7 @@ class SplitError(InvalidArgumentError):
 
 class WeightsMismatchError(InvalidArgumentError):
     """A weights file (``--init``, ``backbone.pt``) does not fit the chosen backbone."""
+
+
+class StoreWriteError(CytostoreError, OSError):
+    """Writing a store file failed (disk full, permissions); nothing was committed."""

@@ -100,7 +100,34 @@ CREATE TABLE attention (
 );
 """
 
+_M020_EMBEDDING_SETS = """
+CREATE TABLE embedding_sets (
+    set_id         INTEGER PRIMARY KEY,
+    model          VARCHAR NOT NULL,
+    shard          VARCHAR,
+    dim            INTEGER NOT NULL,
+    dtype          VARCHAR NOT NULL,
+    metric         VARCHAR NOT NULL,
+    index_factory  VARCHAR NOT NULL,
+    search_params  JSON,
+    preprocessing  JSON,
+    n_vectors      BIGINT NOT NULL,
+    n_indexed      BIGINT NOT NULL,
+    created_at     TIMESTAMP,
+    updated_at     TIMESTAMP
+);
+CREATE TABLE neighbor_tables (
+    name        VARCHAR PRIMARY KEY,
+    set_id      INTEGER NOT NULL,
+    k           INTEGER NOT NULL,
+    "where"     VARCHAR,
+    n_rows      BIGINT NOT NULL,
+    created_at  TIMESTAMP
+);
+"""
+
 MIGRATIONS: list[Migration] = [
     (1, "m001_catalog", _M001_CATALOG),
     (2, "m002_models_heads_predictions", _M002_LATER_FLOORS),
+    (20, "m020_embedding_sets", _M020_EMBEDDING_SETS),
 ]
