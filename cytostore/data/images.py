@@ -1,0 +1,212 @@
+"""Decode any cell image to 8-bit RGB, and probe files for ingest.
+
+Every decodable image becomes a uint8 ``(H, W, 3)`` array:
+
+- RGBA / LA / palette with transparency: alpha is dropped when fully opaque (the
+  usual case for LMU's RGBA TIFFs), otherwise composited on white;
+- grayscale (``L``, ``1``) and other colour spaces (``CMYK``, ``YCbCr``, ``LAB``,
+  ``HSV``, palette): converted with Pillow;
+- 16-bit grayscale (``I;16*``): scaled over the full 16-bit range (value / 257, so an
+  8-bit image stored as 16-bit round-trips exactly);
+- 32-bit integer (``I``) and float (``F``): min-max scaled to 0..255.
+
+Images are fully decoded (``Image.load``), so truncated or corrupt files raise
+:class:`~cytostore.errors.ImageDecodeError` rather than giving half-grey pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from cytostore.errors import ImageDecodeError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "load_rgb",
+    "to_rgb",
+    "image_size",
+    "probe_image",
+    "is_hidden",
+    "is_image_name",
+]
+
+logger = logging.getLogger(__name__)
+
+#: File name suffixes (lower case) treated as images.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2"}
+)
+_HIDDEN_NAMES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db"})
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    Image.DecompressionBombError,
+)
+
+
+def is_hidden(name: str) -> bool:
+    """Return True for OS clutter: dot files (``.DS_Store``, ``._x.tif``), Thumbs.db.
+
+    Examples:
+        >>> is_hidden("._BAS_0001.tiff"), is_hidden("Thumbs.db"), is_hidden("a.png")
+        (True, True, False)
+    """
+    return name.startswith(".") or name.lower() in _HIDDEN_NAMES
+
+
+def is_image_name(name: str) -> bool:
+    """Return True if ``name`` ends in an image suffix (case-insensitive).
+
+    Examples:
+        >>> is_image_name("image_0.TIF"), is_image_name("notes.txt")
+        (True, False)
+    """
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _ensure_strict_loading() -> None:
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        logger.warning(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES was True; cytostore sets it to False "
+            "so that truncated images are reported instead of padded"
+        )
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def _scale_to_uint8(arr: npt.NDArray[np.generic], mode: str) -> npt.NDArray[np.uint8]:
+    if mode.startswith("I;16"):
+        scaled = np.rint(arr.astype(np.float64) / 257.0)
+        return np.clip(scaled, 0, 255).astype(np.uint8)
+    data = arr.astype(np.float64)
+    lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
+    if hi <= lo:
+        return np.zeros(data.shape, dtype=np.uint8)
+    return np.clip(np.rint((data - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
+def to_rgb(img: Image.Image) -> npt.NDArray[np.uint8]:
+    """Return a loaded Pillow image as uint8 ``(H, W, 3)`` RGB (see module docs).
+
+    Examples:
+        >>> from PIL import Image
+        >>> to_rgb(Image.new("L", (4, 2), 7)).shape
+        (2, 4, 3)
+        >>> to_rgb(Image.new("RGBA", (1, 1), (0, 0, 0, 0)))[0, 0].tolist()
+        [255, 255, 255]
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return np.asarray(img, dtype=np.uint8).copy()
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        gray = _scale_to_uint8(np.asarray(img), mode)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.uint8)
+        alpha = rgba[:, :, 3:4]
+        if alpha.min() == 255:
+            return rgba[:, :, :3].copy()
+        a = alpha.astype(np.float32) / 255.0
+        out = rgba[:, :, :3].astype(np.float32) * a + 255.0 * (1.0 - a)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _open_loaded(source: str | Path | io.BytesIO, name: str) -> Image.Image:
+    _ensure_strict_loading()
+    try:
+        img = Image.open(source)
+        img.load()
+    except UnidentifiedImageError:
+        raise ImageDecodeError(
+            f"{name} is not an image Pillow can read: remove it, or convert it to "
+            "PNG/JPEG/TIFF"
+        ) from None
+    except _DECODE_ERRORS as exc:
+        raise ImageDecodeError(
+            f"{name} is truncated or corrupt ({exc}): re-download or re-export it"
+        ) from None
+    return img
+
+
+def load_rgb(path: str | Path) -> npt.NDArray[np.uint8]:
+    """Read an image file fully and return it as uint8 RGB.
+
+    Args:
+        path: Any image Pillow reads (TIFF, JPEG, PNG, BMP, ...).
+
+    Returns:
+        uint8 array of shape ``(H, W, 3)``.
+
+    Raises:
+        ImageDecodeError: If the file is missing, empty, not an image, truncated or
+            corrupt.
+
+    Examples:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> p = tempfile.mkdtemp() + "/x.png"
+        >>> Image.new("LA", (3, 5), (9, 255)).save(p)
+        >>> load_rgb(p).shape, load_rgb(p).dtype.name
+        ((5, 3, 3), 'uint8')
+    """
+    p = Path(path)
+    try:
+        if p.stat().st_size == 0:
+            raise ImageDecodeError(f"{p} is an empty file (0 bytes): re-export it")
+    except FileNotFoundError:
+        raise ImageDecodeError(
+            f"{p} does not exist: check the path, or re-ingest if the files moved"
+        ) from None
+    with _open_loaded(p, str(p)) as img:
+        return to_rgb(img)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """Return ``(width, height)`` in pixels from the header, without decoding pixels.
+
+    Raises:
+        ImageDecodeError: If the file is not an image.
+    """
+    try:
+        with Image.open(path) as img:
+            return int(img.width), int(img.height)
+    except (UnidentifiedImageError, *_DECODE_ERRORS) as exc:
+        raise ImageDecodeError(f"{path} is not a readable image ({exc})") from None
+
+
+def probe_image(path: str | Path) -> tuple[int, int, str]:
+    """Read a file once: hash its bytes and fully decode it (as ingest does).
+
+    Args:
+        path: The image file.
+
+    Returns:
+        ``(width, height, sha256_hex)`` of the original image.
+
+    Raises:
+        ImageDecodeError: With a one-line reason if the file is empty, not an image,
+            truncated or corrupt.
+    """
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read {p} ({exc.strerror or exc})") from None
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    digest = hashlib.sha256(data).hexdigest()
+    with _open_loaded(io.BytesIO(data), p.name) as img:
+        return int(img.width), int(img.height), digest

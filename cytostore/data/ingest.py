@@ -1,0 +1,397 @@
+"""Ingest: find the datasets under a path and catalogue every readable cell image.
+
+Each new file is read once, hashed (sha256) and fully decoded, in parallel worker
+processes; files already catalogued under the same (dataset, path) are not read
+again, so re-ingesting adds nothing and keeps every id. Results are committed every
+:data:`COMMIT_EVERY` files, one transaction each, in a fixed order (datasets in
+detection order, files sorted by path): an ingest killed part-way and run again
+finishes the job with no duplicates and the same ids an uninterrupted run gives.
+Unreadable inputs (hidden files, empty, truncated or non-image files) become rows of
+``skipped`` with the reason; the ingest goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cytostore.data.detect import READERS, detect
+from cytostore.data.images import probe_image
+from cytostore.data.listing import CellRecord, DatasetListing, ReadOptions
+from cytostore.errors import ImageDecodeError, InvalidArgumentError
+from cytostore.store import Store
+
+__all__ = ["ingest", "IngestReport", "DatasetReport", "COMMIT_EVERY"]
+
+logger = logging.getLogger(__name__)
+
+#: Files per catalog transaction.
+COMMIT_EVERY = 2000
+#: Below this many new files, decode in this process (starting workers costs more).
+MIN_PARALLEL = 256
+_TCIA = ("lmu", "mll_helmholtz", "bm")
+
+
+@dataclass
+class DatasetReport:
+    """What ingest did for one dataset.
+
+    Attributes:
+        dataset: Catalog name.
+        layout: Reader name.
+        root: Dataset root folder (cell paths are relative to it).
+        found: Files considered (``added + existing + skipped``).
+        added: New cells catalogued by this run.
+        existing: Cells already catalogued (not read again).
+        skipped: Files recorded in ``skipped`` by this run (with the reason).
+        expected: Published cell count, or None if unknown.
+        um_per_px: Pixel size recorded for new cells (µm), None if unknown.
+    """
+
+    dataset: str
+    layout: str
+    root: str
+    found: int = 0
+    added: int = 0
+    existing: int = 0
+    skipped: int = 0
+    expected: int | None = None
+    um_per_px: float | None = None
+
+
+@dataclass
+class IngestReport:
+    """The result of :func:`ingest`.
+
+    Attributes:
+        store: The store folder.
+        datasets: One report per dataset found.
+        warnings: Count mismatches, missing metadata, other copies passed over.
+        elapsed_s: Wall time of the ingest in seconds.
+    """
+
+    store: str
+    datasets: list[DatasetReport] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def added(self) -> int:
+        """New cells over all datasets."""
+        return sum(d.added for d in self.datasets)
+
+    @property
+    def skipped(self) -> int:
+        """Files skipped over all datasets."""
+        return sum(d.skipped for d in self.datasets)
+
+    @property
+    def found(self) -> int:
+        """Files considered over all datasets."""
+        return sum(d.found for d in self.datasets)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as plain JSON-able data (with the totals)."""
+        out = asdict(self)
+        out.update(found=self.found, added=self.added, skipped=self.skipped)
+        return out
+
+
+def _probe(path: str) -> tuple[int, int, str | None, str | None]:
+    """Worker: ``(width, height, sha256, None)`` or ``(0, 0, None, reason)``."""
+    try:
+        w, h, digest = probe_image(path)
+    except ImageDecodeError as exc:
+        return 0, 0, None, str(exc)
+    return w, h, digest, None
+
+
+class _Prober:
+    """Maps :func:`_probe` over paths, in order, in a lazily started process pool."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def map(
+        self, paths: Sequence[str]
+    ) -> Iterator[tuple[int, int, str | None, str | None]]:
+        if self.workers <= 1 or len(paths) < MIN_PARALLEL:
+            return map(_probe, paths)
+        if self._pool is None:
+            method = (
+                "forkserver"
+                if "forkserver" in multiprocessing.get_all_start_methods()
+                else "spawn"
+            )
+            ctx = multiprocessing.get_context(method)
+            if method == "forkserver":
+                ctx.set_forkserver_preload(["cytostore.data.ingest"])
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+        chunksize = max(1, min(64, len(paths) // (self.workers * 8)))
+        return self._pool.map(_probe, paths, chunksize=chunksize)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _options(
+    layout: str,
+    pattern: str | None,
+    patients: str | os.PathLike[str] | None,
+    bag_column: str,
+    dataset_name: str | None,
+    um_per_px: float | None,
+) -> tuple[str, ReadOptions]:
+    folder_only = {
+        "--pattern": pattern,
+        "--patients": patients,
+        "--dataset-name": dataset_name,
+    }
+    given = [k for k, v in folder_only.items() if v is not None]
+    if given and layout in _TCIA:
+        raise InvalidArgumentError(
+            f"{', '.join(given)} only apply to --layout folder, not {layout}: drop "
+            "them or use --layout folder"
+        )
+    if given and layout == "auto":
+        layout = "folder"
+    if um_per_px is not None and not um_per_px > 0:
+        raise InvalidArgumentError(
+            f"--um-per-px must be a positive pixel size in µm, got {um_per_px}"
+        )
+    return layout, ReadOptions(
+        um_per_px=um_per_px,
+        pattern=pattern,
+        patients=None if patients is None else Path(patients),
+        bag_column=bag_column,
+        dataset_name=dataset_name,
+    )
+
+
+def _check_dataset(store: Store, listing: DatasetListing, warnings: list[str]) -> None:
+    rows = store.sql(
+        "SELECT layout, root FROM datasets WHERE dataset = ?", [listing.dataset]
+    ).rows
+    if not rows:
+        return
+    old_layout, old_root = rows[0]
+    if old_layout != listing.layout:
+        raise InvalidArgumentError(
+            f"the store already holds a dataset {listing.dataset!r} of layout "
+            f"{old_layout}: give this {listing.layout} data another name with "
+            "--dataset-name"
+        )
+    if Path(old_root) != listing.root.resolve():
+        warnings.append(
+            f"{listing.dataset}: root moved from {old_root} to "
+            f"{listing.root.resolve()}; catalogued paths are kept (they are "
+            "relative to the root)"
+        )
+
+
+def _row(
+    listing: DatasetListing, cell: CellRecord, w: int, h: int, sha: str
+) -> dict[str, Any]:
+    return {
+        "dataset": listing.dataset,
+        "path": cell.path,
+        "label": cell.label,
+        "patient_id": cell.patient_id,
+        "um_per_px": listing.um_per_px,
+        "width": w,
+        "height": h,
+        "sha256": sha,
+        "cell_type": cell.cell_type,
+        "reannotation1": cell.reannotation1,
+        "reannotation2": cell.reannotation2,
+    }
+
+
+def _ingest_one(
+    store: Store,
+    listing: DatasetListing,
+    prober: _Prober,
+    report: DatasetReport,
+    tick: Callable[[int], None],
+) -> None:
+    with store.transaction():
+        store.upsert_dataset(
+            listing.dataset,
+            listing.layout,
+            listing.root,
+            listing.um_per_px,
+            listing.n_expected,
+        )
+        store.upsert_patients(listing.dataset, listing.patients)
+        store.add_skipped(
+            [(listing.dataset, p, "hidden or system file") for p in listing.hidden]
+        )
+    report.skipped += len(listing.hidden)
+    tick(len(listing.hidden))
+    existing = store.existing_paths(listing.dataset)
+    todo = [c for c in listing.cells if c.path not in existing]
+    report.existing = len(listing.cells) - len(todo)
+    tick(report.existing)
+    paths = [str(listing.root / c.path) for c in todo]
+    cells: list[dict[str, Any]] = []
+    bad: list[tuple[str, str, str]] = []
+
+    def flush() -> None:
+        with store.transaction():
+            store.add_cells(cells)
+            store.add_skipped(bad)
+        report.added += len(cells)
+        report.skipped += len(bad)
+        tick(len(cells) + len(bad))
+        cells.clear()
+        bad.clear()
+
+    for cell, (w, h, sha, reason) in zip(todo, prober.map(paths), strict=True):
+        if reason is None and sha is not None:
+            cells.append(_row(listing, cell, w, h, sha))
+        else:
+            bad.append((listing.dataset, cell.path, reason or "unreadable"))
+        if len(cells) + len(bad) >= COMMIT_EVERY:
+            flush()
+    flush()
+
+
+def _count_warnings(
+    store: Store, listing: DatasetListing, rep: DatasetReport
+) -> list[str]:
+    out: list[str] = []
+    n = rep.added + rep.existing
+    if listing.expected_range is not None:
+        lo, hi = listing.expected_range
+        if not lo <= n <= hi:
+            published = f"{lo:,}" if lo == hi else f"{lo:,}–{hi:,}"
+            out.append(
+                f"{listing.dataset}: {n:,} cells catalogued, {published} published "
+                "(a partial or modified download?)"
+            )
+    dup = store.sql(
+        "SELECT count(*) FROM (SELECT sha256 FROM cells WHERE dataset = ? "
+        "GROUP BY sha256 HAVING count(*) > 1)",
+        [listing.dataset],
+    ).rows[0][0]
+    if dup:
+        out.append(
+            f"{listing.dataset}: {dup} images occur more than once (identical bytes); "
+            "find them with: SELECT sha256, list(path) FROM cells GROUP BY sha256 "
+            "HAVING count(*) > 1"
+        )
+    return out
+
+
+def ingest(
+    store: Store | str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    layout: str = "auto",
+    *,
+    pattern: str | None = None,
+    patients: str | os.PathLike[str] | None = None,
+    bag_column: str = "bag_label",
+    dataset_name: str | None = None,
+    um_per_px: float | None = None,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> IngestReport:
+    """Find the datasets under ``path`` and catalogue their cells in ``store``.
+
+    Args:
+        store: A :class:`~cytostore.store.Store` or a folder (created if missing).
+        path: Folder holding one or more datasets at any depth, or a ``.zip``
+            (extracted once to ``STORE/sources/<zip name>/``).
+        layout: ``auto`` (detect ``lmu``, ``mll_helmholtz``, ``bm``, else treat the
+            path as a ``folder`` dataset), or one of those names.
+        pattern: ``folder`` path template, e.g. ``{patient_id}/**/{label}/*.jpg``.
+        patients: ``folder`` patient table (CSV/XLSX) keyed by ``patient_id``.
+        bag_column: Column of ``patients`` holding the bag label.
+        dataset_name: ``folder`` dataset name (default: the folder's name).
+        um_per_px: Pixel size in µm for new cells, overriding the layout default
+            (lmu 0.07072, mll_helmholtz 0.1725, bm 0.086, folder unknown).
+        workers: Decoding processes (default ``os.cpu_count()``; 1 = in-process).
+        progress: Called with ``(done, total)`` files.
+
+    Returns:
+        Per-dataset counts (found, added, existing, skipped, expected) and warnings.
+
+    Raises:
+        InvalidArgumentError: If ``path`` does not exist, is empty, or an option is
+            invalid for the layout.
+        LayoutNotFoundError: If no dataset of the requested layout is found.
+        StoreBusyError: If another process holds the store.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> data = Path(tempfile.mkdtemp()) / "my_lab"
+        >>> for label in ("lymphocyte", "ig"):
+        ...     (data / label).mkdir(parents=True)
+        ...     Image.new("RGB", (8, 8)).save(data / label / "a.png")
+        >>> report = ingest(tempfile.mkdtemp() + "/store", data)
+        >>> [(d.dataset, d.layout, d.added) for d in report.datasets]
+        [('my_lab', 'folder', 2)]
+    """
+    start = time.perf_counter()
+    st = store if isinstance(store, Store) else Store.create(store)
+    if workers is not None and workers < 1:
+        raise InvalidArgumentError(f"--workers must be at least 1, got {workers}")
+    layout, options = _options(
+        layout, pattern, patients, bag_column, dataset_name, um_per_px
+    )
+    found, warnings = detect(
+        path, layout, sources_dir=st.root / "sources", exclude=[st.root]
+    )
+    listings = [
+        READERS[f.layout].read(f.anchor, f.files, f.meta_dirs, options) for f in found
+    ]
+    report = IngestReport(store=str(st.root), warnings=list(warnings))
+    for listing in listings:
+        _check_dataset(st, listing, report.warnings)
+        report.warnings.extend(listing.warnings)
+    total = sum(len(li.cells) + len(li.hidden) for li in listings)
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None and n:
+            progress(done, total)
+
+    prober = _Prober(workers or os.cpu_count() or 1)
+    try:
+        for listing in listings:
+            rep = DatasetReport(
+                dataset=listing.dataset,
+                layout=listing.layout,
+                root=str(listing.root.resolve()),
+                found=len(listing.cells) + len(listing.hidden),
+                expected=listing.n_expected,
+                um_per_px=listing.um_per_px,
+            )
+            report.datasets.append(rep)
+            _ingest_one(st, listing, prober, rep, tick)
+            report.warnings.extend(_count_warnings(st, listing, rep))
+            logger.info(
+                "%s: %d added, %d existing, %d skipped",
+                rep.dataset,
+                rep.added,
+                rep.existing,
+                rep.skipped,
+            )
+    finally:
+        prober.close()
+    report.elapsed_s = time.perf_counter() - start
+    return report
