@@ -60,3 +60,18 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"real data not available: {SHARED} is absent")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def synthetic_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic ``lmu``, ``mll_helmholtz`` and ``bm`` layouts (120 cells each, seed 0).
+
+    The folder holds ``lmu/``, ``mll_helmholtz/`` and ``bm/`` as written by
+    :func:`cytostore.data.synthesize`; treat it as read-only (it is shared by the
+    whole session).
+    """
+    from cytostore.data import synthesize
+
+    out = tmp_path_factory.mktemp("synth") / "synth"
+    synthesize(out, cells_per_dataset=120, patients_per_subtype=2, seed=0)
+    return out

@@ -1,0 +1,510 @@
+"""Synthetic TCIA-shaped data: the three datasets' exact layouts, with drawn cells.
+
+:func:`synthesize` writes ``OUT/lmu``, ``OUT/mll_helmholtz`` and ``OUT/bm`` with the
+real folder levels, file names, formats, image sizes and metadata files of
+AML-Cytomorphology_LMU, AML-Cytomorphology_MLL_Helmholtz and
+Bone-Marrow-Cytomorphology_MLL_Helmholtz_Fraunhofer (see
+``/work/shared/datasets/README.md``). Cells are drawn at each dataset's µm/px with a
+class-dependent morphology (:mod:`cytostore.data._morphs`), and the MLL patients'
+cell mix and blast morphology depend on their AML subtype, so that an embedder and
+heads trained on it can learn something measurable. The same seed gives the same
+bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cytostore.data._draw import render_cell
+from cytostore.data._morphs import (
+    MLL_PB_CLASSES,
+    MORPHS,
+    NIF_BLUR_UM,
+    STAINS,
+    Morph,
+    subtype_morphs,
+)
+from cytostore.errors import InvalidArgumentError
+
+__all__ = [
+    "synthesize",
+    "allocate_counts",
+    "SynthReport",
+    "SynthDataset",
+    "DATASETS",
+    "LMU_COUNTS",
+    "BM_COUNTS",
+    "MLL_BAG_LABELS",
+    "UM_PER_PX",
+    "IMAGE_PX",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The datasets :func:`synthesize` can write, in order.
+DATASETS = ("lmu", "mll_helmholtz", "bm")
+#: Pixel size of each dataset, µm/px (Matek & Marr 2024, Table 1).
+UM_PER_PX = {"lmu": 0.07072, "mll_helmholtz": 0.1725, "bm": 0.086}
+#: Side of each dataset's square images, pixels.
+IMAGE_PX = {"lmu": 400, "mll_helmholtz": 144, "bm": 250}
+#: Real class counts of AML-Cytomorphology_LMU (MYO = myeloblast, MYB = myelocyte).
+LMU_COUNTS = {
+    "BAS": 79, "EBO": 78, "EOS": 424, "KSC": 15, "LYA": 11, "LYT": 3937, "MMZ": 15,
+    "MOB": 26, "MON": 1789, "MYB": 42, "MYO": 3268, "NGB": 109, "NGS": 8484,
+    "PMB": 18, "PMO": 70,
+}  # fmt: skip
+#: Real class counts of the bone-marrow dataset (from the paper's table).
+BM_COUNTS = {
+    "ABE": 8, "ART": 19630, "BAS": 441, "BLA": 11973, "EBO": 27395, "EOS": 5883,
+    "FGC": 47, "HAC": 409, "KSC": 42, "LYI": 65, "LYT": 26242, "MMZ": 3055,
+    "MON": 4040, "MYB": 6557, "NGB": 9968, "NGS": 29424, "NIF": 3538, "OTH": 294,
+    "PEB": 2740, "PLM": 7629, "PMO": 11994,
+}  # fmt: skip
+#: Patient bag labels of AML-Cytomorphology_MLL_Helmholtz.
+MLL_BAG_LABELS = ("control", "CBFB_MYH11", "NPM1", "PML_RARA", "RUNX1_RUNX1T1")
+
+_LMU_ANCHOR = "PKG - AML-Cytomorphology_LMU"
+_MLL_ANCHOR = "PKG - AML-Cytomorphology_MLL_Helmholtz_v1"
+_BM_ANCHOR = "BM_cytomorphology_data"
+_DATASET_KEY = {"lmu": 1, "mll_helmholtz": 2, "bm": 3}  # seeds stay per dataset
+# Mean peripheral-blood differential (%) per subtype, from the real metadata.csv
+# (eosinophils of CBFB_MYH11 raised from 0.9 to 4 so its abnormal eosinophils show).
+_PB_MEAN = {
+    "control": (0, 0, 0, 0, 0, 61.4, 2.3, 0.6, 7.0, 28.5, 0.1, 0),
+    "CBFB_MYH11": (54.9, 0.3, 0.6, 0.1, 0.3, 4.5, 4.0, 0.2, 21.7, 16.4, 0, 0.3),
+    "NPM1": (67.3, 0.5, 0.8, 0.2, 0.6, 11.1, 0.3, 0.2, 5.6, 13.2, 0, 0.4),
+    "PML_RARA": (68.3, 5.9, 0.9, 0.3, 0.2, 7.8, 0, 0, 1.5, 15.1, 0, 0),
+    "RUNX1_RUNX1T1": (53.4, 2.4, 3.5, 0.2, 1.0, 12.7, 0.2, 0.1, 3.1, 23.2, 0.2, 0),
+}
+_PB_COLUMNS = tuple(MLL_PB_CLASSES)
+_MLL_HEADER = (
+    "patient_id", "sex_1f_2m", "age", "bag_label", "instance_count", "leucocytes_perl",
+    *_PB_COLUMNS[:11], "pb_lymph_atyp_neopl", "pb_other", "pb_total",
+)  # fmt: skip
+_NIF_LOOKS = ("NGS", "LYT", "BLA", "EBO", "MON", "PMO", "MYB")
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class SynthDataset:
+    """What :func:`synthesize` wrote for one dataset.
+
+    Attributes:
+        name: ``lmu``, ``mll_helmholtz`` or ``bm``.
+        root: The dataset folder, ``OUT/<name>``.
+        um_per_px: Pixel size of its images, µm.
+        image_px: Side of its square images, pixels.
+        counts: Images per class (``lmu``, ``bm``) or per bag label
+            (``mll_helmholtz``).
+        patients: Images per patient id (``mll_helmholtz``; empty otherwise).
+    """
+
+    name: str
+    root: Path
+    um_per_px: float
+    image_px: int
+    counts: dict[str, int]
+    patients: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_cells(self) -> int:
+        """Number of images written."""
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class SynthReport:
+    """What :func:`synthesize` wrote: the output folder and one entry per dataset."""
+
+    out: Path
+    seed: int
+    datasets: dict[str, SynthDataset]
+
+    @property
+    def n_cells(self) -> int:
+        """Number of images written over all datasets."""
+        return sum(d.n_cells for d in self.datasets.values())
+
+
+def allocate_counts(total: int, real_counts: Mapping[str, int]) -> dict[str, int]:
+    """Split ``total`` over classes: one each, the rest proportional to the real counts.
+
+    The remainder after flooring goes to the largest fractional parts (ties to the
+    earlier class), so the counts always sum to ``total``.
+
+    Args:
+        total: Number of cells to allocate.
+        real_counts: Real count of every class, in output order.
+
+    Returns:
+        Count per class, each at least 1, summing to ``total``.
+
+    Raises:
+        InvalidArgumentError: ``total`` is smaller than the number of classes.
+
+    Examples:
+        >>> allocate_counts(10, {"A": 80, "B": 15, "C": 5})
+        {'A': 7, 'B': 2, 'C': 1}
+    """
+    names = list(real_counts)
+    if total < len(names):
+        raise InvalidArgumentError(
+            f"cannot draw {total} cells over {len(names)} classes: every class needs "
+            f"at least one; use at least {len(names)} cells per dataset"
+        )
+    weights = np.asarray([real_counts[n] for n in names], np.float64)
+    share = (total - len(names)) * weights / weights.sum()
+    base = np.floor(share).astype(int)
+    left = total - len(names) - int(base.sum())
+    order = sorted(range(len(names)), key=lambda i: (-(share[i] - base[i]), i))
+    for i in order[:left]:
+        base[i] += 1
+    return {n: int(b) + 1 for n, b in zip(names, base, strict=True)}
+
+
+def _rng(seed: int, dataset: str, *key: int) -> np.random.Generator:
+    return np.random.default_rng([seed, _DATASET_KEY[dataset], *key])
+
+
+def _draw(
+    seed: int,
+    dataset: str,
+    index: int,
+    morph: Morph,
+    od_jitter: np.ndarray | None = None,
+    size_scale: float = 1.0,
+) -> np.ndarray:
+    """Return image ``index`` of ``dataset`` (uint8 RGB), a function of its seed."""
+    rng = _rng(seed, dataset, 1, index)
+    if od_jitter is None:
+        od_jitter = 1.0 + rng.normal(0.0, 0.04, 3)
+    return render_cell(
+        rng,
+        morph,
+        STAINS[dataset],
+        out_px=IMAGE_PX[dataset],
+        um_per_px=UM_PER_PX[dataset],
+        od_jitter=od_jitter,
+        size_scale=size_scale,
+    )
+
+
+def _write_lmu(
+    tmp: Path, n_cells: int, seed: int, tick: Callable[[], None]
+) -> dict[str, int]:
+    counts = allocate_counts(n_cells, LMU_COUNTS)
+    if max(counts.values()) > 9999:
+        raise InvalidArgumentError(
+            f"{n_cells} cells give more than 9999 images in one lmu class, beyond its "
+            "4-digit file names; use at most 21000 cells per dataset"
+        )
+    rng = _rng(seed, "lmu", 0)
+    codes = list(LMU_COUNTS)
+    lines = []
+    index = 0
+    for cls, count in counts.items():
+        (tmp / _LMU_ANCHOR / cls).mkdir(parents=True)
+        for i in range(1, count + 1):
+            rel = f"{cls}/{cls}_{i:04d}.tiff"
+            rgb = _draw(seed, "lmu", index, MORPHS[cls])
+            alpha = np.full(rgb.shape[:2] + (1,), 255, np.uint8)
+            rgba = Image.fromarray(np.concatenate([rgb, alpha], axis=2), "RGBA")
+            rgba.save(tmp / _LMU_ANCHOR / rel, format="TIFF")
+            index += 1
+            tick()
+            reann = ["nan", "nan"]
+            if rng.uniform() < 0.104:  # 1,905 of 18,365 were re-annotated
+                first = _reannotation(rng, cls, codes)
+                reann = [
+                    first,
+                    first if rng.uniform() < 0.8 else _reannotation(rng, cls, codes),
+                ]
+            lines.append(f"{rel} {cls} {reann[0]} {reann[1]}\n")
+    (tmp / "annotations.dat").write_text("".join(lines), encoding="utf-8")
+    return counts
+
+
+def _reannotation(rng: np.random.Generator, cls: str, codes: Sequence[str]) -> str:
+    draw = rng.uniform()
+    if draw < 0.72:
+        return cls
+    if draw < 0.84:
+        return "UNC"
+    return str(rng.choice([c for c in codes if c != cls]))
+
+
+def _patient_ids(rng: np.random.Generator, count: int) -> list[str]:
+    letters = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+    seen: set[str] = set()
+    out: list[str] = []
+    while len(out) < count:
+        pid = "".join(rng.choice(letters, 3))
+        if pid not in seen:
+            seen.add(pid)
+            out.append(pid)
+    return out
+
+
+def _decimal_comma(value: float, decimals: int) -> str:
+    text = f"{round(value, decimals):.{decimals}f}".rstrip("0").rstrip(".")
+    return text.replace(".", ",")
+
+
+def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
+    share = total * weights / weights.sum()
+    base = np.floor(share).astype(int)
+    order = np.argsort(-(share - base), kind="stable")
+    base[order[: total - int(base.sum())]] += 1
+    return base
+
+
+def _write_mll(
+    tmp: Path,
+    n_cells: int,
+    patients_per_subtype: int,
+    seed: int,
+    tick: Callable[[], None],
+) -> tuple[dict[str, int], dict[str, int]]:
+    n_patients = patients_per_subtype * len(MLL_BAG_LABELS)
+    rng = _rng(seed, "mll_helmholtz", 0)
+    pids = _patient_ids(rng, n_patients)
+    sizes = 2 + _largest_remainder(
+        n_cells - 2 * n_patients, rng.uniform(0.2, 1.0, n_patients)
+    )
+    anchor = tmp / _MLL_ANCHOR
+    rows: list[list[str]] = []
+    per_bag = dict.fromkeys(MLL_BAG_LABELS, 0)
+    per_patient: dict[str, int] = {}
+    index = 0
+    for p, (pid, size) in enumerate(zip(pids, sizes, strict=True)):
+        bag = MLL_BAG_LABELS[p % len(MLL_BAG_LABELS)]
+        morphs = subtype_morphs(bag)
+        mean = np.asarray(_PB_MEAN[bag], np.float64)
+        mix = np.zeros_like(mean)
+        present = mean > 0
+        mix[present] = rng.dirichlet(20.0 * mean[present] / 100.0 + 0.02)
+        pb = _largest_remainder(100, mix)
+        kinds = rng.choice(len(pb), size=int(size), p=pb / pb.sum())
+        od_patient = 1.0 + rng.normal(0.0, 0.06, 3)
+        size_patient = float(rng.normal(1.0, 0.04))
+        folder = anchor / "data" / bag / pid
+        folder.mkdir(parents=True)
+        for i, kind in enumerate(kinds):
+            morph = morphs[MLL_PB_CLASSES[_PB_COLUMNS[kind]]]
+            jitter = od_patient * (
+                1.0 + _rng(seed, "mll_helmholtz", 2, index).normal(0, 0.02, 3)
+            )
+            rgb = _draw(seed, "mll_helmholtz", index, morph, jitter, size_patient)
+            Image.fromarray(rgb, "RGB").save(folder / f"image_{i}.tif", format="TIFF")
+            index += 1
+            tick()
+        per_bag[bag] += int(size)
+        per_patient[pid] = int(size)
+        rows.append(_metadata_row(rng, pid, bag, int(size), pb))
+    rows.sort(key=lambda r: r[0])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")
+    writer.writerow(_MLL_HEADER)
+    writer.writerows(rows)
+    (anchor / "metadata.csv").write_bytes(buf.getvalue().encode("utf-8"))
+    return per_bag, per_patient
+
+
+def _metadata_row(
+    rng: np.random.Generator, pid: str, bag: str, n_images: int, pb: np.ndarray
+) -> list[str]:
+    """One row of metadata.csv with the real file's quirks (decimal commas, gaps)."""
+    control = bag == "control"
+    sex = "2" if rng.uniform() < (0.9 if control else 0.5) else "1"
+    age = float(np.clip(rng.normal(34.0 if control else 57.0, 12.0), 18.0, 90.0))
+    age_text = str(round(age)) if rng.uniform() < 0.12 else _decimal_comma(age, 1)
+    leuco = ""
+    if not control and rng.uniform() > 0.1:
+        leuco = _decimal_comma(float(rng.lognormal(3.2, 1.0)), int(rng.integers(0, 3)))
+    counts = [str(int(c)) for c in pb]
+    neopl = "" if rng.uniform() < 0.23 else "0.0"
+    return [
+        pid, sex, age_text, bag, str(n_images), leuco, *counts[:11], neopl,
+        counts[11], str(int(pb.sum())),
+    ]  # fmt: skip
+
+
+def _bm_chunk(cls: str, i: int, count: int, chunk_size: int) -> str:
+    """Return the chunk folder of image ``i`` (1-based) of a class ("" for none)."""
+    if cls == "ABE":
+        return ""
+    start = (i - 1) // chunk_size * chunk_size + 1
+    end = min(start + chunk_size - 1, count)
+    return f"{start:04d}-{end:04d}"
+
+
+def _write_bm(
+    tmp: Path, n_cells: int, seed: int, chunk_size: int, tick: Callable[[], None]
+) -> dict[str, int]:
+    counts = allocate_counts(n_cells, BM_COUNTS)
+    if max(counts.values()) > 99999:
+        raise InvalidArgumentError(
+            f"{n_cells} cells give more than 99999 images in one bm class, beyond its "
+            "5-digit file names; use fewer cells per dataset"
+        )
+    rng = _rng(seed, "bm", 0)
+    index = 0
+    for cls, count in counts.items():
+        for i in range(1, count + 1):
+            folder = tmp / _BM_ANCHOR / cls / _bm_chunk(cls, i, count, chunk_size)
+            folder.mkdir(parents=True, exist_ok=True)
+            if cls == "NIF":  # not identifiable: another class, out of focus
+                look = MORPHS[str(rng.choice(_NIF_LOOKS))]
+                morph = replace(look, blur_um=NIF_BLUR_UM)
+            else:
+                morph = MORPHS[cls]
+            rgb = _draw(seed, "bm", index, morph)
+            Image.fromarray(rgb, "RGB").save(
+                folder / f"{cls}_{i:05d}.jpg", format="JPEG", quality=90
+            )
+            index += 1
+            tick()
+    return counts
+
+
+def synthesize(
+    out: str | Path,
+    cells_per_dataset: int = 600,
+    patients_per_subtype: int | None = None,
+    seed: int = 0,
+    *,
+    datasets: Sequence[str] = DATASETS,
+    bm_chunk_size: int = 1000,
+    progress: Progress | None = None,
+) -> SynthReport:
+    """Write synthetic ``lmu``, ``mll_helmholtz`` and ``bm`` datasets under ``out``.
+
+    Layouts (each the real one, below a folder per dataset)::
+
+        out/lmu/annotations.dat
+        out/lmu/PKG - AML-Cytomorphology_LMU/<CLS>/<CLS>_NNNN.tiff        RGBA 400 px
+        out/mll_helmholtz/PKG - AML-Cytomorphology_MLL_Helmholtz_v1/metadata.csv
+        out/mll_helmholtz/PKG - .../data/<bag_label>/<PID>/image_<i>.tif  RGB 144 px
+        out/bm/BM_cytomorphology_data/<CLS>/<NNNN-NNNN>/<CLS>_NNNNN.jpg    RGB 250 px
+
+    Every class appears at least once; the other cells follow the real class
+    counts. The ``mll_helmholtz`` patients share ``cells_per_dataset``; their cell
+    mix, blast morphology and slide stain depend on their subtype and on the patient.
+    Each dataset is written to a temporary folder and renamed into place when done.
+
+    Args:
+        out: Output folder (created if missing).
+        cells_per_dataset: Images per dataset (the MLL patients share them).
+        patients_per_subtype: MLL patients per bag label; None means
+            ``max(2, min(8, cells_per_dataset // 250))``.
+        seed: Random seed; the same seed writes the same bytes.
+        datasets: Which of ``lmu``, ``mll_helmholtz``, ``bm`` to write.
+        bm_chunk_size: Images per ``bm`` chunk folder (1000 in the real data).
+        progress: Called as ``progress(done, total)`` after each image.
+
+    Returns:
+        The datasets written, with their counts per class / bag and per patient.
+
+    Raises:
+        InvalidArgumentError: An unknown dataset, too few cells for the classes or
+            patients, a non-positive chunk size, or an ``out/<dataset>`` folder that
+            exists and is not empty.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     report = synthesize(tmp, 40, 2, datasets=["bm", "mll_helmholtz"])
+        ...     report.datasets["bm"].counts["NGS"], report.n_cells
+        (4, 80)
+    """
+    out = Path(out)
+    names = list(dict.fromkeys(datasets))
+    unknown = [d for d in names if d not in DATASETS]
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown dataset(s) {unknown}: choose from {', '.join(DATASETS)}"
+        )
+    if cells_per_dataset < 1:
+        raise InvalidArgumentError(
+            f"cells_per_dataset is {cells_per_dataset}: give a positive number"
+        )
+    if bm_chunk_size < 1:
+        raise InvalidArgumentError(f"bm_chunk_size is {bm_chunk_size}: give 1 or more")
+    if patients_per_subtype is None:
+        patients_per_subtype = max(2, min(8, cells_per_dataset // 250))
+    if "mll_helmholtz" in names:
+        n_patients = patients_per_subtype * len(MLL_BAG_LABELS)
+        if patients_per_subtype < 1 or cells_per_dataset < 2 * n_patients:
+            raise InvalidArgumentError(
+                f"{cells_per_dataset} cells cannot fill {patients_per_subtype} "
+                f"patients per subtype ({len(MLL_BAG_LABELS)} subtypes, at least 2 "
+                f"cells each): use --cells-per-dataset {max(2 * n_patients, 10)} or "
+                "more, or fewer --patients-per-subtype"
+            )
+    lmu_counts = (
+        allocate_counts(cells_per_dataset, LMU_COUNTS) if "lmu" in names else {}
+    )
+    bm_counts = allocate_counts(cells_per_dataset, BM_COUNTS) if "bm" in names else {}
+    del lmu_counts, bm_counts  # validated up front, before anything is written
+    for name in names:
+        target = out / name
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise InvalidArgumentError(
+                f"{target} already exists and is not empty: choose a new output "
+                "folder or delete it first"
+            )
+
+    total = cells_per_dataset * len(names)
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    written: dict[str, SynthDataset] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    for name in DATASETS:
+        if name not in names:
+            continue
+        tmp = out / f".{name}.synth-tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left by an interrupted run of ours
+        tmp.mkdir()
+        patients: dict[str, int] = {}
+        if name == "lmu":
+            counts = _write_lmu(tmp, cells_per_dataset, seed, tick)
+        elif name == "mll_helmholtz":
+            counts, patients = _write_mll(
+                tmp, cells_per_dataset, patients_per_subtype, seed, tick
+            )
+        else:
+            counts = _write_bm(tmp, cells_per_dataset, seed, bm_chunk_size, tick)
+        target = out / name
+        if target.exists():
+            target.rmdir()  # empty, checked above
+        os.replace(tmp, target)
+        logger.info(
+            "wrote %d synthetic %s cells to %s", sum(counts.values()), name, target
+        )
+        written[name] = SynthDataset(
+            name=name,
+            root=target,
+            um_per_px=UM_PER_PX[name],
+            image_px=IMAGE_PX[name],
+            counts=counts,
+            patients=patients,
+        )
+    return SynthReport(out=out, seed=seed, datasets=written)
