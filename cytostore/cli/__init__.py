@@ -9,6 +9,7 @@ import click
 from cytostore.cli._common import CytostoreGroup
 from cytostore.cli.info import info
 from cytostore.cli.sql import sql
+from cytostore.cli.synth import synth
 
 __all__ = ["main"]
 
@@ -34,5 +35,5 @@ def main(verbose: bool) -> None:
     )
 
 
-for _command in (info, sql):
+for _command in (info, sql, synth):
     main.add_command(_command)

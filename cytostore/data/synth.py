@@ -21,6 +21,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -122,6 +123,18 @@ class SynthDataset:
         """Number of images written."""
         return sum(self.counts.values())
 
+    def to_dict(self) -> dict[str, Any]:
+        """Return the entry as plain JSON-ready values."""
+        return {
+            "name": self.name,
+            "root": str(self.root),
+            "um_per_px": self.um_per_px,
+            "image_px": self.image_px,
+            "n_cells": self.n_cells,
+            "counts": dict(self.counts),
+            "patients": dict(self.patients),
+        }
+
 
 @dataclass(frozen=True)
 class SynthReport:
@@ -135,6 +148,15 @@ class SynthReport:
     def n_cells(self) -> int:
         """Number of images written over all datasets."""
         return sum(d.n_cells for d in self.datasets.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as plain JSON-ready values."""
+        return {
+            "out": str(self.out),
+            "seed": self.seed,
+            "n_cells": self.n_cells,
+            "datasets": [d.to_dict() for d in self.datasets.values()],
+        }
 
 
 def allocate_counts(total: int, real_counts: Mapping[str, int]) -> dict[str, int]:
