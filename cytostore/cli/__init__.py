@@ -8,6 +8,7 @@ import click
 
 from cytostore.cli._common import CytostoreGroup
 from cytostore.cli.info import info
+from cytostore.cli.ingest import ingest
 from cytostore.cli.sql import sql
 from cytostore.cli.synth import synth
 
@@ -35,5 +36,5 @@ def main(verbose: bool) -> None:
     )
 
 
-for _command in (info, sql, synth):
+for _command in (info, ingest, sql, synth):
     main.add_command(_command)
