@@ -463,6 +463,9 @@ def synthesize(
         )
     if bm_chunk_size < 1:
         raise InvalidArgumentError(f"bm_chunk_size is {bm_chunk_size}: give 1 or more")
+    for name, real in (("lmu", LMU_COUNTS), ("bm", BM_COUNTS)):
+        if name in names:  # raises before anything is written
+            allocate_counts(cells_per_dataset, real)
     if patients_per_subtype is None:
         patients_per_subtype = max(2, min(8, cells_per_dataset // 250))
     if "mll_helmholtz" in names:
@@ -474,11 +477,6 @@ def synthesize(
                 f"cells each): use --cells-per-dataset {max(2 * n_patients, 10)} or "
                 "more, or fewer --patients-per-subtype"
             )
-    lmu_counts = (
-        allocate_counts(cells_per_dataset, LMU_COUNTS) if "lmu" in names else {}
-    )
-    bm_counts = allocate_counts(cells_per_dataset, BM_COUNTS) if "bm" in names else {}
-    del lmu_counts, bm_counts  # validated up front, before anything is written
     for name in names:
         target = out / name
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
