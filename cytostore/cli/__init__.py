@@ -9,6 +9,7 @@ import click
 from cytostore.cli._common import CytostoreGroup
 from cytostore.cli.info import info
 from cytostore.cli.ingest import ingest
+from cytostore.cli.models import models
 from cytostore.cli.sql import sql
 from cytostore.cli.synth import synth
 
@@ -36,5 +37,5 @@ def main(verbose: bool) -> None:
     )
 
 
-for _command in (info, ingest, sql, synth):
+for _command in (info, ingest, models, sql, synth):
     main.add_command(_command)

@@ -1,8 +1,29 @@
 """The embedder: preprocessing, cache, backbones, model cards, SSL training, Encoder."""
 
 from cytostore.embedder.backbones import BACKBONES, build_backbone
+from cytostore.embedder.cache import CellCache, build_cache
+from cytostore.embedder.card import ModelCard
+from cytostore.embedder.device import resolve_device
+from cytostore.embedder.encoder import Encoder
+from cytostore.embedder.preprocess import Preprocessing
+from cytostore.embedder.registry import (
+    list_models,
+    load_card,
+    register_model,
+    register_random_model,
+)
 
 __all__ = [
     "BACKBONES",
+    "CellCache",
+    "Encoder",
+    "ModelCard",
+    "Preprocessing",
     "build_backbone",
+    "build_cache",
+    "list_models",
+    "load_card",
+    "register_model",
+    "register_random_model",
+    "resolve_device",
 ]

@@ -1,0 +1,125 @@
+"""Devices and numeric precision: where a backbone runs and in which float format.
+
+``resolve_device("auto")`` picks CUDA when present, else the CPU.
+``resolve_precision("auto", device)`` picks the fastest format that keeps features
+close to float32:
+
+- CUDA: bfloat16 autocast where the GPU supports it, else float16 autocast;
+- CPU: bfloat16 autocast only where the CPU computes bf16 natively (AVX512-BF16 or
+  AMX); on other CPUs (e.g. AVX2 only) oneDNN emulates bf16 and runs several times
+  *slower* than float32, so float32 is used. Convolutional backbones run in
+  ``channels_last`` layout on every device (faster on CPU and tensor cores).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from cytostore.errors import InvalidArgumentError
+
+__all__ = ["PRECISIONS", "resolve_device", "resolve_precision", "autocast"]
+
+logger = logging.getLogger(__name__)
+
+#: Accepted precision names.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Return the torch device to use.
+
+    Args:
+        device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda``,
+            ``cuda:N``, or a ``torch.device``.
+
+    Returns:
+        The device.
+
+    Raises:
+        InvalidArgumentError: If the name is not a device, or CUDA is asked for but
+            not available.
+
+    Examples:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if isinstance(device, torch.device):
+        dev = device
+    elif device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise InvalidArgumentError(
+                f"unknown device {device!r}: use auto, cpu, cuda or cuda:N"
+            ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidArgumentError(
+                f"device {device!r} asked for but CUDA is not available here: use "
+                "--device cpu (or auto)"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InvalidArgumentError(
+                f"device {device!r} does not exist: this machine has "
+                f"{torch.cuda.device_count()} CUDA devices (cuda:0 ...)"
+            )
+    elif dev.type not in ("cpu", "mps"):
+        raise InvalidArgumentError(
+            f"unsupported device {device!r}: use auto, cpu, cuda or cuda:N"
+        )
+    return dev
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Return whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX)."""
+    cpu = torch.cpu
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(cpu, probe, None)
+        try:
+            if fn is not None and fn():
+                return True
+        except RuntimeError:  # pragma: no cover - probe unavailable in this build
+            continue
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Return the concrete precision (``fp32``, ``bf16`` or ``fp16``) for ``device``.
+
+    Args:
+        precision: One of :data:`PRECISIONS`; ``auto`` decides as the module says.
+        device: Where the model runs.
+
+    Returns:
+        ``fp32``, ``bf16`` or ``fp16``.
+
+    Raises:
+        InvalidArgumentError: If ``precision`` is unknown, or ``fp16`` on the CPU.
+    """
+    if precision not in PRECISIONS:
+        raise InvalidArgumentError(
+            f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}"
+        )
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device.type == "cpu" and cpu_has_fast_bf16():
+            return "bf16"
+        return "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise InvalidArgumentError(
+            "fp16 autocast is for CUDA: use bf16 or fp32 on the CPU"
+        )
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """Return the autocast context for a concrete precision (disabled for fp32)."""
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(
+        device_type=device.type, dtype=dtype, enabled=precision != "fp32"
+    )
