@@ -126,8 +126,16 @@ CREATE TABLE neighbor_tables (
 );
 """
 
+_M030_PATIENT_PREDICTIONS = """
+ALTER TABLE patient_predictions ADD COLUMN true_label VARCHAR;
+ALTER TABLE patient_predictions ADD COLUMN probabilities JSON;
+ALTER TABLE patient_predictions ADD COLUMN predicted_at TIMESTAMP;
+ALTER TABLE attention ADD COLUMN dataset VARCHAR;
+"""
+
 MIGRATIONS: list[Migration] = [
     (1, "m001_catalog", _M001_CATALOG),
     (2, "m002_models_heads_predictions", _M002_LATER_FLOORS),
     (20, "m020_embedding_sets", _M020_EMBEDDING_SETS),
+    (30, "m030_heads_patient_prediction_columns", _M030_PATIENT_PREDICTIONS),
 ]

@@ -1,0 +1,266 @@
+"""Shared machinery of the heads: parameter validation, label encoding, the base class.
+
+Heads follow the scikit-learn estimator contract: ``__init__`` only stores its
+keyword arguments, parameters are checked at the start of ``fit`` against a
+declarative table (``_parameter_constraints``, as in sklearn's
+``utils/_param_validation.py``), learned state ends in ``_``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from cytostore.errors import InvalidArgumentError, LabelError, NotFittedError
+
+__all__ = ["BaseHead", "Interval", "Options", "validate_params", "balanced_weights"]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A number in ``[low, high]`` (``None`` = unbounded); ``closed`` says which ends.
+
+    Attributes:
+        kind: ``int`` (integers only) or ``float`` (any real number).
+        low: Lower bound or ``None``.
+        high: Upper bound or ``None``.
+        closed: ``"both"``, ``"left"``, ``"right"`` or ``"neither"``.
+    """
+
+    kind: type
+    low: float | None
+    high: float | None
+    closed: str = "both"
+
+    def accepts(self, value: Any) -> bool:
+        """Return whether ``value`` lies in the interval."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return False
+        if self.kind is int and not isinstance(value, numbers.Integral):
+            return False
+        if self.low is not None:
+            if value < self.low or (
+                value == self.low and self.closed in ("right", "neither")
+            ):
+                return False
+        if self.high is not None:
+            if value > self.high or (
+                value == self.high and self.closed in ("left", "neither")
+            ):
+                return False
+        return True
+
+    def __str__(self) -> str:
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        left = "[" if self.closed in ("both", "left") else "("
+        right = "]" if self.closed in ("both", "right") else ")"
+        return f"{self.kind.__name__} in {left}{lo}, {hi}{right}"
+
+
+@dataclass(frozen=True)
+class Options:
+    """One of a fixed set of values."""
+
+    values: frozenset[Any]
+
+    def accepts(self, value: Any) -> bool:
+        """Return whether ``value`` is one of the options."""
+        try:
+            return value in self.values
+        except TypeError:
+            return False
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in sorted(self.values, key=str))
+
+
+Constraint = Interval | Options | type | None | Callable[[Any], bool]
+
+
+def _accepts(rule: Constraint, value: Any) -> bool:
+    if rule is None:
+        return value is None
+    if isinstance(rule, Interval | Options):
+        return rule.accepts(value)
+    if isinstance(rule, type):
+        return isinstance(value, rule) and not (
+            rule is not bool and isinstance(value, bool)
+        )
+    return bool(rule(value))
+
+
+def _describe(rule: Constraint) -> str:
+    if rule is None:
+        return "None"
+    if isinstance(rule, type):
+        return f"a {rule.__name__}"
+    if isinstance(rule, Interval | Options):
+        return str(rule)
+    return getattr(rule, "__doc__", None) or "a valid value"
+
+
+def validate_params(
+    owner: str, params: dict[str, Any], constraints: dict[str, list[Constraint]]
+) -> None:
+    """Check every parameter against its list of allowed rules (any may match).
+
+    Raises:
+        InvalidArgumentError: Naming the parameter, its value and what is allowed.
+    """
+    for name, rules in constraints.items():
+        value = params[name]
+        if not any(_accepts(rule, value) for rule in rules):
+            allowed = " or ".join(_describe(r) for r in rules)
+            raise InvalidArgumentError(
+                f"{owner}: {name}={value!r} is invalid; use {allowed}"
+            )
+
+
+def balanced_weights(
+    y_idx: npt.NDArray[np.int64], n_classes: int
+) -> npt.NDArray[np.float32]:
+    """Return per-class weights ``n / (n_classes * count)`` (sklearn's ``balanced``).
+
+    Examples:
+        >>> balanced_weights(np.array([0, 0, 0, 1]), 2).tolist()
+        [0.6666666865348816, 2.0]
+    """
+    counts = np.bincount(y_idx, minlength=n_classes).astype(np.float64)
+    w = np.where(counts > 0, y_idx.size / (n_classes * np.maximum(counts, 1)), 0.0)
+    return w.astype(np.float32)
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block with torch's global RNG seeded, restoring it afterwards."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def resolve_device(device: str) -> str:
+    """Return ``device`` with ``"auto"`` resolved to ``"cuda"`` or ``"cpu"``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class BaseHead:
+    """Base of every head: ``get_params``/``set_params``, ``score``, label encoding."""
+
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Return the constructor parameters as a dict (``deep`` is accepted for sklearn)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> BaseHead:
+        """Set constructor parameters; returns ``self``.
+
+        Raises:
+            InvalidArgumentError: If a name is not a parameter of this head.
+        """
+        valid = set(self._param_names())
+        for key, value in params.items():
+            if key not in valid:
+                raise InvalidArgumentError(
+                    f"{type(self).__name__} has no parameter {key!r}; "
+                    f"parameters are {sorted(valid)}"
+                )
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def _validate_params(self) -> None:
+        validate_params(
+            type(self).__name__, self.get_params(), self._parameter_constraints
+        )
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "classes_"):
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet: call fit(X, y) first"
+            )
+
+    def _encode_labels(self, y: Any) -> npt.NDArray[np.int64]:
+        """Set ``classes_`` (sorted unique labels) and return ``y`` as class indices.
+
+        Raises:
+            LabelError: If ``y`` holds fewer than two classes.
+        """
+        y_arr = np.asarray(y)
+        if y_arr.ndim != 1:
+            raise LabelError(f"y must be one-dimensional, got shape {y_arr.shape}")
+        classes, y_idx = np.unique(y_arr, return_inverse=True)
+        if classes.size < 2:
+            raise LabelError(
+                f"{type(self).__name__} needs at least two classes, got "
+                f"{classes.tolist()}: select cells of more classes"
+            )
+        self.classes_ = classes
+        return y_idx.astype(np.int64)
+
+    def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:  # pragma: no cover
+        """Return class probabilities, shape (n, n_classes), columns in ``classes_`` order."""
+        raise NotImplementedError
+
+    def predict(self, X: Any) -> npt.NDArray[Any]:
+        """Return the most probable class of each sample, shape (n,).
+
+        Raises:
+            NotFittedError: If called before ``fit``.
+        """
+        proba = self.predict_proba(X)
+        return np.asarray(self.classes_)[np.argmax(proba, axis=1)]
+
+    def score(self, X: Any, y: Any) -> float:
+        """Return the accuracy of ``predict(X)`` against ``y``.
+
+        Raises:
+            NotFittedError: If called before ``fit``.
+        """
+        return float(np.mean(self.predict(X) == np.asarray(y)))
+
+
+def as_matrix(X: Any, n_features: int | None = None) -> npt.NDArray[np.float32]:
+    """Return ``X`` as a C-contiguous float32 (n, dim) matrix.
+
+    Raises:
+        InvalidArgumentError: If ``X`` is not 2-D, holds non-finite values, or its
+            width differs from ``n_features``.
+    """
+    arr = np.ascontiguousarray(np.asarray(X, dtype=np.float32))
+    if arr.ndim != 2:
+        raise InvalidArgumentError(
+            f"X must be a (n_samples, dim) matrix, got shape {arr.shape}"
+        )
+    if n_features is not None and arr.shape[1] != n_features:
+        raise InvalidArgumentError(
+            f"X has {arr.shape[1]} features but the head was fitted on {n_features}: "
+            "use embeddings of the same model"
+        )
+    if not np.isfinite(arr).all():
+        raise InvalidArgumentError(
+            "X holds NaN or infinite values: re-embed those cells"
+        )
+    return arr

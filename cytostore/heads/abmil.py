@@ -1,0 +1,374 @@
+"""Gated attention-based multiple-instance learning (ABMIL) on bags of cell embeddings.
+
+[0] Ilse, Tomczak, Welling, Attention-based Deep Multiple Instance Learning, ICML
+2018, https://arxiv.org/abs/1802.04712 (the gated variant, their eq. 9).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cytostore.errors import InvalidArgumentError
+from cytostore.heads._base import (
+    BaseHead,
+    Constraint,
+    Interval,
+    Options,
+    balanced_weights,
+    resolve_device,
+    seeded,
+)
+from cytostore.heads.splits import inner_validation_split
+
+__all__ = ["ABMILHead", "GatedAttention", "as_bags"]
+
+logger = logging.getLogger(__name__)
+
+Bags = Sequence[npt.NDArray[Any]]
+
+
+class GatedAttention(nn.Module):
+    """Gated attention pooling with a linear classifier on the pooled bag.
+
+    ``h = ReLU(W_in x)``, ``a = softmax_i(w^T (tanh(V h_i) * sigmoid(U h_i)))``,
+    ``logits = W_out sum_i a_i h_i``.
+
+    Args:
+        dim: Cell embedding width.
+        hidden: Width of the projected cell features ``h``.
+        attention_dim: Width of the gated attention layer.
+        n_classes: Number of bag classes.
+        dropout: Dropout on ``h``.
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        hidden: int,
+        attention_dim: int,
+        n_classes: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+        self.project = nn.Sequential(
+            nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout)
+        )
+        self.attention_v = nn.Linear(hidden, attention_dim)
+        self.attention_u = nn.Linear(hidden, attention_dim)
+        self.attention_w = nn.Linear(attention_dim, 1)
+        self.classifier = nn.Linear(hidden, n_classes)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pool padded bags and classify them.
+
+        Args:
+            x: float32 (batch, max_cells, dim) cell embeddings, zero-padded.
+            mask: bool (batch, max_cells), True for real cells.
+
+        Returns:
+            ``(logits, attention)``: (batch, n_classes) and (batch, max_cells), the
+            attention summing to 1 over each bag's real cells (0 on padding).
+        """
+        h = self.project((x - self.mean) / self.scale)
+        gate = torch.tanh(self.attention_v(h)) * torch.sigmoid(self.attention_u(h))
+        scores = self.attention_w(gate).squeeze(-1)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        attention = torch.softmax(scores, dim=1)
+        pooled = torch.einsum("bn,bnh->bh", attention, h)
+        return self.classifier(pooled), attention
+
+
+def as_bags(bags: Any, n_features: int | None = None) -> list[npt.NDArray[np.float32]]:
+    """Return ``bags`` as a list of float32 (n_cells, dim) arrays.
+
+    Raises:
+        InvalidArgumentError: If a bag is empty, not 2-D, non-finite, or of the wrong width.
+    """
+    if isinstance(bags, np.ndarray) and bags.ndim == 2:
+        raise InvalidArgumentError(
+            "MIL heads take bags: a list of (n_cells, dim) arrays, one per patient, "
+            "not a single matrix"
+        )
+    out: list[npt.NDArray[np.float32]] = []
+    for i, bag in enumerate(bags):
+        arr = np.ascontiguousarray(np.asarray(bag, dtype=np.float32))
+        if arr.ndim != 2 or arr.shape[0] == 0:
+            raise InvalidArgumentError(
+                f"bag {i} has shape {arr.shape}: every bag must be a non-empty "
+                "(n_cells, dim) array"
+            )
+        width = (
+            n_features if n_features is not None else (out[0].shape[1] if out else None)
+        )
+        if width is not None and arr.shape[1] != width:
+            raise InvalidArgumentError(
+                f"bag {i} has {arr.shape[1]} features, expected {width}: use embeddings "
+                "of one model"
+            )
+        if not np.isfinite(arr).all():
+            raise InvalidArgumentError(f"bag {i} holds NaN or infinite values")
+        out.append(arr)
+    return out
+
+
+def _pad(
+    bags: Sequence[npt.NDArray[np.float32]], device: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    n_max = max(b.shape[0] for b in bags)
+    x = torch.zeros(len(bags), n_max, bags[0].shape[1])
+    mask = torch.zeros(len(bags), n_max, dtype=torch.bool)
+    for i, b in enumerate(bags):
+        x[i, : b.shape[0]] = torch.from_numpy(b)
+        mask[i, : b.shape[0]] = True
+    return x.to(device), mask.to(device)
+
+
+class ABMILHead(BaseHead):
+    """Gated attention-MIL classifier of bags (one bag of cell embeddings per patient).
+
+    Trained with AdamW on padded mini-batches of bags; early stopping on the loss of
+    a stratified validation part of the bags (or of ``fit(..., validation=...)``).
+    With ``early_stopping=False`` it trains exactly ``max_epochs`` on all bags (used
+    to refit on every bag with the epoch count found in cross-validation).
+
+    Args:
+        hidden: Width of the projected cell features.
+        attention_dim: Width of the gated attention layer.
+        dropout: Dropout on projected features.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        batch_size: Bags per mini-batch.
+        max_epochs: Upper bound on epochs.
+        patience: Epochs without validation improvement before stopping.
+        val_size: Fraction of bags held out for early stopping.
+        early_stopping: Whether to hold out bags and stop early.
+        class_weight: ``"balanced"`` or ``None``.
+        seed: Seed of initialisation, shuffling and the validation split.
+        device: Torch device.
+
+    Attributes:
+        classes_: Sorted bag labels.
+        module_: The trained :class:`GatedAttention` (CPU).
+        best_epoch_: Epoch kept; ``n_epochs_``: epochs run.
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> bags = [rng.normal(0, 1, (20, 8)) for _ in range(20)]
+        >>> for b in bags[10:]:
+        ...     b[:3] += 4.0
+        >>> head = ABMILHead(max_epochs=30, seed=0).fit(bags, [0] * 10 + [1] * 10)
+        >>> head.score(bags, [0] * 10 + [1] * 10) > 0.9
+        True
+    """
+
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
+        "hidden": [Interval(int, 1, None)],
+        "attention_dim": [Interval(int, 1, None)],
+        "dropout": [Interval(float, 0, 1, closed="left")],
+        "lr": [Interval(float, 0, None, closed="neither")],
+        "weight_decay": [Interval(float, 0, None)],
+        "batch_size": [Interval(int, 1, None)],
+        "max_epochs": [Interval(int, 1, None)],
+        "patience": [Interval(int, 1, None)],
+        "val_size": [Interval(float, 0, 1, closed="neither")],
+        "early_stopping": [bool],
+        "class_weight": [Options(frozenset({"balanced"})), None],
+        "seed": [Interval(int, 0, None)],
+        "device": [str],
+    }
+
+    def __init__(
+        self,
+        *,
+        hidden: int = 128,
+        attention_dim: int = 64,
+        dropout: float = 0.1,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 8,
+        max_epochs: int = 60,
+        patience: int = 10,
+        val_size: float = 0.2,
+        early_stopping: bool = True,
+        class_weight: str | None = "balanced",
+        seed: int = 0,
+        device: str = "cpu",
+    ) -> None:
+        self.hidden = hidden
+        self.attention_dim = attention_dim
+        self.dropout = dropout
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.val_size = val_size
+        self.early_stopping = early_stopping
+        self.class_weight = class_weight
+        self.seed = seed
+        self.device = device
+
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        validation: tuple[Any, Any] | None = None,
+    ) -> ABMILHead:
+        """Fit on bags ``X`` (list of (n_cells, dim) arrays) and bag labels ``y``.
+
+        Args:
+            X: One (n_cells, dim) array per bag.
+            y: One label per bag.
+            validation: ``(bags, labels)`` for early stopping instead of a split of
+                ``X`` (labels must be among those of ``y``).
+
+        Returns:
+            ``self``.
+
+        Raises:
+            InvalidArgumentError: If a parameter or a bag is invalid.
+            LabelError: If ``y`` has fewer than two classes.
+        """
+        self._validate_params()
+        bags = as_bags(X)
+        y_idx = self._encode_labels(y)
+        if len(bags) != y_idx.size:
+            raise InvalidArgumentError(f"{len(bags)} bags but {y_idx.size} labels")
+        n_classes = self.classes_.size
+        device = resolve_device(self.device)
+        train_bags, train_y = bags, y_idx
+        val_bags: list[npt.NDArray[np.float32]] = []
+        val_y = np.zeros(0, np.int64)
+        if validation is not None:
+            val_bags = as_bags(validation[0], bags[0].shape[1])
+            pos = {c: i for i, c in enumerate(self.classes_.tolist())}
+            val_y = np.asarray(
+                [pos[v] for v in np.asarray(validation[1]).tolist()], np.int64
+            )
+        elif self.early_stopping:
+            tr, va = inner_validation_split(y_idx, self.val_size, self.seed)
+            if va.size:
+                train_bags = [bags[i] for i in tr]
+                train_y = y_idx[tr]
+                val_bags = [bags[i] for i in va]
+                val_y = y_idx[va]
+        stacked = np.concatenate(train_bags)
+        weight = (
+            torch.from_numpy(balanced_weights(train_y, n_classes)).to(device)
+            if self.class_weight == "balanced"
+            else None
+        )
+        with seeded(self.seed):
+            module = GatedAttention(
+                dim=stacked.shape[1],
+                hidden=self.hidden,
+                attention_dim=self.attention_dim,
+                n_classes=n_classes,
+                dropout=self.dropout,
+            )
+            module.mean.copy_(torch.from_numpy(stacked.mean(0)))  # type: ignore[operator]
+            module.scale.copy_(  # type: ignore[operator]
+                torch.from_numpy(np.maximum(stacked.std(0), 1e-6))
+            )
+            module.to(device)
+            opt = torch.optim.AdamW(
+                module.parameters(), lr=self.lr, weight_decay=self.weight_decay
+            )
+            gen = torch.Generator().manual_seed(self.seed)
+            yt = torch.from_numpy(train_y).to(device)
+            val_batches = [
+                (
+                    _pad(val_bags[s : s + 32], device),
+                    torch.from_numpy(val_y[s : s + 32]).to(device),
+                )
+                for s in range(0, len(val_bags), 32)
+            ]
+            best_loss, best_state, best_epoch, bad, epoch = float("inf"), None, 0, 0, 0
+            for epoch in range(1, self.max_epochs + 1):
+                module.train()
+                order = torch.randperm(len(train_bags), generator=gen).tolist()
+                for s in range(0, len(order), self.batch_size):
+                    idx = order[s : s + self.batch_size]
+                    x, mask = _pad([train_bags[i] for i in idx], device)
+                    logits, _ = module(x, mask)
+                    loss = F.cross_entropy(logits, yt[idx], weight=weight)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                if not val_batches:
+                    best_epoch = epoch
+                    continue
+                module.eval()
+                with torch.no_grad():
+                    total, count = 0.0, 0
+                    for (x, mask), yv in val_batches:
+                        logits, _ = module(x, mask)
+                        total += float(
+                            F.cross_entropy(logits, yv, weight=weight, reduction="sum")
+                        )
+                        count += int(yv.numel())
+                    vloss = total / max(count, 1)
+                if vloss < best_loss - 1e-5:
+                    best_loss, best_epoch, bad = vloss, epoch, 0
+                    best_state = copy.deepcopy(module.state_dict())
+                else:
+                    bad += 1
+                    if bad >= self.patience:
+                        break
+            if best_state is not None:
+                module.load_state_dict(best_state)
+        self.module_ = module.to("cpu").eval()
+        self.n_epochs_ = epoch
+        self.best_epoch_ = best_epoch
+        self.n_features_in_ = stacked.shape[1]
+        logger.info("abmil: %d epochs, kept %d", epoch, best_epoch)
+        return self
+
+    def _forward(
+        self, X: Any
+    ) -> tuple[npt.NDArray[np.float64], list[npt.NDArray[np.float64]]]:
+        self._check_fitted()
+        bags = as_bags(X, self.n_features_in_)
+        probas: list[npt.NDArray[np.float64]] = []
+        attention: list[npt.NDArray[np.float64]] = []
+        with torch.no_grad():
+            for s in range(0, len(bags), 32):
+                chunk = bags[s : s + 32]
+                x, mask = _pad(chunk, "cpu")
+                logits, att = self.module_(x, mask)
+                probas.append(torch.softmax(logits.double(), dim=1).numpy())
+                for i, b in enumerate(chunk):
+                    attention.append(att[i, : b.shape[0]].double().numpy())
+        if not probas:
+            return np.zeros((0, self.classes_.size)), []
+        return np.concatenate(probas), attention
+
+    def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:
+        """Return bag class probabilities, shape (n_bags, n_classes), ``classes_`` order.
+
+        Raises:
+            NotFittedError: If called before ``fit``.
+        """
+        return self._forward(X)[0]
+
+    def attention(self, X: Any) -> list[npt.NDArray[np.float64]]:
+        """Return each bag's attention over its cells (n_cells,), summing to 1.
+
+        Raises:
+            NotFittedError: If called before ``fit``.
+        """
+        return self._forward(X)[1]

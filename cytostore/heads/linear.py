@@ -1,0 +1,229 @@
+"""Linear probe: multinomial logistic regression on frozen embeddings, fitted in torch."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from cytostore.heads._base import (
+    BaseHead,
+    Constraint,
+    Interval,
+    Options,
+    as_matrix,
+    balanced_weights,
+    resolve_device,
+    seeded,
+)
+from cytostore.heads.splits import inner_validation_split
+
+__all__ = ["LinearProbe"]
+
+logger = logging.getLogger(__name__)
+
+
+def _l2_values(value: Any) -> bool:
+    """A positive float or a non-empty tuple of positive floats"""
+    vals = value if isinstance(value, tuple | list) else (value,)
+    return len(vals) > 0 and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in vals
+    )
+
+
+class LinearProbe(BaseHead):
+    """Multinomial logistic regression fitted full-batch with L-BFGS (strong Wolfe).
+
+    Features are standardised with the training mean and sd; the L2 penalty
+    ``0.5 * l2 * ||W||^2`` is added to the (class-weighted) mean cross-entropy. With
+    several ``l2`` candidates, each is fitted on a stratified ``1 - val_size`` part of
+    the training data, warm-started from the previous (strongest first), the one with
+    the best validation balanced accuracy is kept, and the final model is refitted on
+    all the training data from its weights.
+
+    Args:
+        l2: Penalty weight, or a tuple of candidates chosen on a validation split.
+        max_iter: L-BFGS iterations per fit.
+        tol: Gradient tolerance that stops L-BFGS.
+        class_weight: ``"balanced"`` (weights ``n / (k * count)``) or ``None``.
+        val_size: Fraction of the training data held out to choose ``l2``.
+        seed: Seed of the validation split and the initialisation.
+        device: Torch device (``"cpu"``, ``"cuda"``, ``"auto"``).
+
+    Attributes:
+        classes_: Sorted class labels, shape (n_classes,).
+        coef_: float32 (n_classes, dim) weights on the raw (unstandardised) features.
+        intercept_: float32 (n_classes,).
+        l2_: The chosen penalty.
+        val_scores_: ``{l2: validation balanced accuracy}`` (empty with one candidate).
+        n_iter_: L-BFGS function evaluations of the final fit.
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> X = np.concatenate([rng.normal(0, 1, (50, 4)), rng.normal(3, 1, (50, 4))])
+        >>> y = np.array(["a"] * 50 + ["b"] * 50)
+        >>> probe = LinearProbe(seed=0).fit(X, y)
+        >>> probe.classes_.tolist(), probe.score(X, y) > 0.95
+        (['a', 'b'], True)
+    """
+
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
+        "l2": [_l2_values],
+        "max_iter": [Interval(int, 1, None)],
+        "tol": [Interval(float, 0, None, closed="neither")],
+        "class_weight": [Options(frozenset({"balanced"})), None],
+        "val_size": [Interval(float, 0, 1, closed="neither")],
+        "seed": [Interval(int, 0, None)],
+        "device": [str],
+    }
+
+    def __init__(
+        self,
+        *,
+        l2: float | tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5),
+        max_iter: int = 100,
+        tol: float = 1e-5,
+        class_weight: str | None = "balanced",
+        val_size: float = 0.1,
+        seed: int = 0,
+        device: str = "cpu",
+    ) -> None:
+        self.l2 = l2
+        self.max_iter = max_iter
+        self.tol = tol
+        self.class_weight = class_weight
+        self.val_size = val_size
+        self.seed = seed
+        self.device = device
+
+    def fit(self, X: Any, y: Any) -> LinearProbe:
+        """Fit on embeddings ``X`` (n, dim) and labels ``y`` (n,); returns ``self``.
+
+        Raises:
+            InvalidArgumentError: If a parameter or ``X`` is invalid.
+            LabelError: If ``y`` has fewer than two classes.
+        """
+        import torch
+
+        self._validate_params()
+        Xf = as_matrix(X)
+        y_idx = self._encode_labels(y)
+        if Xf.shape[0] != y_idx.size:
+            from cytostore.errors import InvalidArgumentError
+
+            raise InvalidArgumentError(
+                f"X has {Xf.shape[0]} rows but y has {y_idx.size} labels"
+            )
+        n_classes = self.classes_.size
+        mean = Xf.mean(axis=0, dtype=np.float64).astype(np.float32)
+        scale = Xf.std(axis=0, dtype=np.float64).astype(np.float32)
+        scale[scale < 1e-12] = 1.0
+        device = resolve_device(self.device)
+        Xt = torch.from_numpy((Xf - mean) / scale).to(device)
+        yt = torch.from_numpy(y_idx).to(device)
+        candidates = sorted(
+            self.l2 if isinstance(self.l2, tuple | list) else (self.l2,), reverse=True
+        )
+        with seeded(self.seed):
+            W = torch.zeros(n_classes, Xf.shape[1], device=device, requires_grad=True)
+            b = torch.zeros(n_classes, device=device, requires_grad=True)
+            self.val_scores_: dict[float, float] = {}
+            chosen = float(candidates[0])
+            if len(candidates) > 1:
+                tr, va = inner_validation_split(y_idx, self.val_size, self.seed)
+                best = -1.0
+                best_state = (W.detach().clone(), b.detach().clone())
+                for lam in candidates:
+                    self._lbfgs(W, b, Xt[tr], yt[tr], n_classes, float(lam))
+                    with torch.no_grad():
+                        pred = (Xt[va] @ W.T + b).argmax(1).cpu().numpy()
+                    score = _balanced_accuracy(y_idx[va], pred, n_classes)
+                    self.val_scores_[float(lam)] = score
+                    logger.info("linear probe: l2=%g val balanced acc %.4f", lam, score)
+                    if score > best + 1e-4:
+                        best, chosen = score, float(lam)
+                        best_state = (W.detach().clone(), b.detach().clone())
+                with torch.no_grad():
+                    W.copy_(best_state[0])
+                    b.copy_(best_state[1])
+            self.n_iter_ = self._lbfgs(W, b, Xt, yt, n_classes, chosen)
+        self.l2_ = chosen
+        Wn = W.detach().cpu().numpy().astype(np.float64)
+        bn = b.detach().cpu().numpy().astype(np.float64)
+        coef = Wn / scale.astype(np.float64)
+        self.coef_ = coef.astype(np.float32)
+        self.intercept_ = (bn - coef @ mean.astype(np.float64)).astype(np.float32)
+        self.n_features_in_ = Xf.shape[1]
+        return self
+
+    def _lbfgs(
+        self,
+        W: Any,
+        b: Any,
+        X: Any,
+        y: Any,
+        n_classes: int,
+        lam: float,
+    ) -> int:
+        import torch
+        import torch.nn.functional as F
+
+        weight = None
+        if self.class_weight == "balanced":
+            weight = torch.from_numpy(balanced_weights(y.cpu().numpy(), n_classes)).to(
+                X.device
+            )
+        opt = torch.optim.LBFGS(
+            [W, b],
+            lr=1.0,
+            max_iter=self.max_iter,
+            tolerance_grad=self.tol,
+            tolerance_change=1e-9,
+            history_size=10,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(X @ W.T + b, y, weight=weight)
+            loss = loss + 0.5 * lam * (W * W).sum()
+            loss.backward()  # type: ignore[no-untyped-call]
+            return loss
+
+        opt.step(closure)  # type: ignore[no-untyped-call]
+        state = opt.state[opt._params[0]]
+        return int(state.get("func_evals", 0))
+
+    def decision_function(self, X: Any) -> npt.NDArray[np.float64]:
+        """Return the logits, shape (n, n_classes).
+
+        Raises:
+            NotFittedError: If called before ``fit``.
+        """
+        self._check_fitted()
+        Xf = as_matrix(X, self.n_features_in_)
+        return Xf.astype(np.float64) @ self.coef_.T.astype(np.float64) + self.intercept_
+
+    def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:
+        """Return softmax probabilities, shape (n, n_classes), in ``classes_`` order.
+
+        Raises:
+            NotFittedError: If called before ``fit``.
+        """
+        z = self.decision_function(X)
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True)
+
+
+def _balanced_accuracy(
+    y_true: npt.NDArray[np.int64], y_pred: npt.NDArray[np.int64], n_classes: int
+) -> float:
+    recalls = [
+        float(np.mean(y_pred[y_true == c] == c))
+        for c in range(n_classes)
+        if (y_true == c).any()
+    ]
+    return float(np.mean(recalls)) if recalls else 0.0

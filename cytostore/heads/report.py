@@ -1,0 +1,244 @@
+"""Reports of the heads: fold aggregation, per-group (bias) metrics, confusion-matrix PNG.
+
+Every head's report has the same schema: top-level floats ``accuracy``,
+``balanced_accuracy``, ``macro_f1``, ``weighted_f1`` (mean over folds) with
+``<metric>_sd`` (sample sd over folds; ``None`` for a single split), ``per_class``
+(pooled over folds), ``folds`` (per-fold metrics), ``n_train``, ``n_test`` and
+``excluded``. MIL adds ``auroc`` and, for every metric, a bootstrap ``<metric>_ci``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from cytostore.heads.metrics import (
+    METRICS,
+    auroc_ovr,
+    bootstrap_ci,
+    classification_metrics,
+    confusion_matrix,
+)
+
+__all__ = ["aggregate", "by_group", "confusion_png", "format_report"]
+
+
+def aggregate(
+    fold_metrics: Sequence[dict[str, Any]],
+    y_true: npt.NDArray[Any],
+    y_pred: npt.NDArray[Any],
+    labels: Sequence[str],
+    proba: npt.NDArray[np.float64] | None = None,
+    ci: bool = False,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Summarise folds: mean and sd of each metric, pooled per-class scores, confusion.
+
+    Args:
+        fold_metrics: One :func:`classification_metrics` dict per fold (with
+            ``auroc`` when ``proba`` is given).
+        y_true: Pooled test labels of all folds, shape (n,).
+        y_pred: Pooled predictions, shape (n,).
+        labels: The classes, in report order.
+        proba: Pooled probabilities (n, len(labels)) to add ``auroc``.
+        ci: Add a bootstrap 95% interval ``<metric>_ci`` of each pooled metric.
+        n_boot: Bootstrap resamples.
+        seed: Bootstrap seed.
+
+    Returns:
+        The report's metric part (see the module docstring).
+    """
+    names = list(METRICS) + (["auroc"] if proba is not None else [])
+    out: dict[str, Any] = {}
+    for name in names:
+        values = np.asarray([f[name] for f in fold_metrics], dtype=np.float64)
+        values = values[~np.isnan(values)]
+        out[name] = float(values.mean()) if values.size else float("nan")
+        out[f"{name}_sd"] = float(values.std(ddof=1)) if values.size > 1 else None
+    pooled = classification_metrics(y_true, y_pred, list(labels))
+    out["per_class"] = pooled["per_class"]
+    out["pooled"] = {m: pooled[m] for m in METRICS}
+    if proba is not None:
+        out["pooled"]["auroc"] = auroc_ovr(y_true, proba, labels)
+    if ci:
+        intervals = bootstrap_ci(
+            y_true, y_pred, proba, labels, n_boot=n_boot, seed=seed
+        )
+        for name, (lo, hi) in intervals.items():
+            out[f"{name}_ci"] = [lo, hi]
+    out["confusion"] = {
+        "labels": list(labels),
+        "counts": confusion_matrix(y_true, y_pred, list(labels)).tolist(),
+    }
+    return out
+
+
+def by_group(
+    y_true: npt.NDArray[Any],
+    y_pred: npt.NDArray[Any],
+    groups: npt.NDArray[Any],
+) -> dict[str, dict[str, Any]]:
+    """Return the headline metrics per group value (a bias report, e.g. per sex).
+
+    Missing group values are reported under ``"(missing)"``.
+
+    Examples:
+        >>> r = by_group(np.array(["a", "b"]), np.array(["a", "a"]), np.array(["f", "m"]))
+        >>> r["f"]["accuracy"], r["m"]["accuracy"], r["m"]["n"]
+        (1.0, 0.0, 1)
+    """
+    keys = np.asarray(["(missing)" if g is None else str(g) for g in groups.tolist()])
+    out: dict[str, dict[str, Any]] = {}
+    for g in sorted(set(keys.tolist())):
+        mask = keys == g
+        m = classification_metrics(y_true[mask], y_pred[mask])
+        out[g] = {k: m[k] for k in METRICS} | {"n": int(mask.sum())}
+    return out
+
+
+def confusion_png(
+    counts: Sequence[Sequence[int]] | npt.NDArray[np.int64],
+    labels: Sequence[str],
+    out: str | Path,
+    title: str | None = None,
+) -> Path:
+    """Draw the row-normalised confusion matrix (recall per true class) as a PNG.
+
+    The file is written as ``<out>.tmp`` and renamed, so it is never half-written.
+
+    Returns:
+        The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(counts, dtype=np.float64)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    k = len(labels)
+    size = max(4.0, 0.45 * k + 2.0)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(k), labels, rotation=90)
+    ax.set_yticks(range(k), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 25:
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j]:
+                    ax.text(
+                        j,
+                        i,
+                        f"{norm[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if np.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Return a report as readable text: headline metrics, per-class table, extras.
+
+    Examples:
+        >>> print(format_report({"accuracy": 0.5, "accuracy_sd": None, "n_train": 4,
+        ...     "n_test": 2, "per_class": {}}).splitlines()[0])
+        metric    value  sd  95% CI
+    """
+    lines: list[str] = []
+    names = [m for m in (*METRICS, "auroc") if m in report]
+    rows = [
+        [
+            m,
+            _fmt(report[m]),
+            _fmt(report.get(f"{m}_sd")),
+            (
+                f"[{_fmt(report[f'{m}_ci'][0])}, {_fmt(report[f'{m}_ci'][1])}]"
+                if report.get(f"{m}_ci")
+                else "-"
+            ),
+        ]
+        for m in names
+    ]
+    lines += _table(["metric", "value", "sd", "95% CI"], rows)
+    per_class = report.get("per_class") or {}
+    if per_class:
+        lines.append("")
+        lines += _table(
+            ["class", "precision", "recall", "f1", "support"],
+            [
+                [
+                    c,
+                    _fmt(v["precision"]),
+                    _fmt(v["recall"]),
+                    _fmt(v["f1"]),
+                    str(v["support"]),
+                ]
+                for c, v in per_class.items()
+            ],
+        )
+    groups = report.get("by") or {}
+    if groups:
+        lines.append("")
+        lines.append(f"by {report.get('by_column', 'group')}:")
+        lines += _table(
+            ["group", "n", *METRICS],
+            [
+                [g, str(v["n"]), *(_fmt(v[m]) for m in METRICS)]
+                for g, v in groups.items()
+            ],
+        )
+    tail = []
+    for key in ("head", "kind", "model", "label", "split", "n_train", "n_test"):
+        if key in report:
+            tail.append(f"{key}: {_fmt(report[key])}")
+    if report.get("classes_dropped"):
+        tail.append(
+            f"classes dropped (not in both train and test): {report['classes_dropped']}"
+        )
+    if report.get("excluded"):
+        tail.append(f"excluded: {report['excluded']}")
+    if report.get("confusion_png"):
+        tail.append(f"confusion matrix: {report['confusion_png']}")
+    if tail:
+        lines.append("")
+        lines += tail
+    return "\n".join(lines)
+
+
+def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+    out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    for r in rows:
+        out.append(
+            "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+        )
+    return out
