@@ -30,6 +30,7 @@ from cytostore.errors import (
     StoreNotFoundError,
 )
 from cytostore.store.migrations import MIGRATIONS
+from cytostore.store.vector_api import VectorMethods
 
 __all__ = ["Store", "QueryResult", "CATALOG_FILE", "CELL_COLUMNS"]
 
@@ -107,8 +108,11 @@ def safe_identifier(name: str) -> str:
     return name
 
 
-class Store:
+class Store(VectorMethods):
     """A cytostore store on disk: the catalog and its vectors, indexes and models.
+
+    Embedding sets, vectors, search and indexes come from
+    :class:`~cytostore.store.vector_api.VectorMethods`.
 
     Use :meth:`open` (or :meth:`create`) rather than the constructor.
 

@@ -1,0 +1,278 @@
+"""FAISS indexes over embedding sets: ``STORE/indexes/<set_id>.faiss``.
+
+An index is ``IndexIDMap2`` over any FAISS factory string (``Flat``, ``HNSW32``,
+``IVF1024,Flat``, ``IVF4096,PQ48``...), so its ids are catalog cell ids. Indexes that
+need training are trained on a seeded sample of the set. The catalog records the
+factory, the search parameters and how many rows the index holds (``n_indexed``); the
+index is extended with the rows embedded since, or rebuilt when the factory changes.
+Rows committed after the last index write are still searched (exactly), so an index
+that lags behind a running ``embed`` never hides vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cytostore.errors import InvalidArgumentError, StoreCorruptError
+from cytostore.store.vectors import EmbeddingSet, get_set, ids_path, vector_path
+
+if TYPE_CHECKING:
+    import faiss
+
+    from cytostore.store.catalog import Store
+
+__all__ = [
+    "build_index",
+    "load_index",
+    "index_path",
+    "default_search_params",
+    "faiss_metric",
+    "RECOMMENDED_FACTORIES",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Factories the docs recommend, by store size (see ``docs/store-format.md``).
+RECOMMENDED_FACTORIES = {
+    "up to ~500k cells (exact)": "Flat",
+    "0.5M-5M cells, recall >= 0.95, vectors in RAM": "IVF1024,Flat",
+    "5M+ cells, compressed": "IVF4096,PQ48",
+    "graph, no training, more RAM": "HNSW32",
+}
+_ADD_CHUNK_ROWS = 65_536
+_cache_lock = threading.Lock()
+_cache: dict[Path, tuple[tuple[int, int], Any]] = {}
+
+
+def index_path(store: Store, es: EmbeddingSet) -> Path:
+    """Return the path of the set's FAISS index file."""
+    return store.root / "indexes" / f"{es.set_id}.faiss"
+
+
+def faiss_metric(metric: str) -> int:
+    """Return the FAISS metric constant for a set's ``metric``."""
+    import faiss
+
+    return int(faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2)
+
+
+def default_search_params(index: faiss.Index) -> dict[str, Any]:
+    """Return search parameters suited to a freshly built index.
+
+    IVF: ``nprobe = max(8, nlist // 64)``; HNSW: ``efSearch = 128``; others: none.
+    """
+    import faiss
+
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    if isinstance(inner, faiss.IndexIVF):
+        return {"nprobe": int(min(inner.nlist, max(8, inner.nlist // 64)))}
+    if isinstance(inner, faiss.IndexHNSW):
+        return {"efSearch": 128}
+    return {}
+
+
+def _read_rows(
+    store: Store, es: EmbeddingSet, start: int, stop: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read rows ``[start, stop)`` with plain reads (no mapping stays resident)."""
+    n = stop - start
+    with open(vector_path(store, es), "rb") as f:
+        f.seek(start * es.row_bytes)
+        x = np.fromfile(f, dtype=es.np_dtype, count=n * es.dim).reshape(n, es.dim)
+    with open(ids_path(store, es), "rb") as f:
+        f.seek(start * 8)
+        ids = np.fromfile(f, dtype="<i8", count=n)
+    return ids.astype(np.int64), np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _train(
+    index: faiss.Index, store: Store, es: EmbeddingSet, factory: str, seed: int
+) -> None:
+    import faiss
+
+    inner = faiss.downcast_index(index)
+    nlist = int(getattr(inner, "nlist", 0))
+    want = min(es.n_vectors, max(50 * nlist, 20_000))
+    if es.n_vectors < max(nlist, 1):
+        raise InvalidArgumentError(
+            f"index {factory!r} needs at least {nlist} vectors to train but set "
+            f"{es.name!r} has {es.n_vectors}: use 'Flat' or a smaller IVF list count"
+        )
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(es.n_vectors, size=want, replace=False))
+    _, mat = _mmap(store, es)
+    sample = np.ascontiguousarray(mat[rows], dtype=np.float32)
+    logger.info("training %s on %d vectors", factory, len(sample))
+    index.train(sample)
+
+
+def _mmap(store: Store, es: EmbeddingSet) -> tuple[np.ndarray, np.ndarray]:
+    from cytostore.store.vectors import read_vectors
+
+    return read_vectors(store, es)
+
+
+def build_index(
+    store: Store,
+    set_or_model: str | int | None = None,
+    index: str | None = None,
+    *,
+    search_params: dict[str, Any] | None = None,
+    rebuild: bool = False,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> EmbeddingSet:
+    """Bring a set's FAISS index up to date with its vectors.
+
+    The existing index is extended with rows embedded since it was written; it is
+    rebuilt from the vector file when ``index`` names another factory, when
+    ``rebuild`` is set, or when it is missing. The file is replaced atomically and
+    the catalog records the factory, search parameters and row count.
+
+    Args:
+        store: The store.
+        set_or_model: The set id or model name (``None``: the only set).
+        index: A FAISS factory string; ``None`` keeps the set's factory.
+        search_params: e.g. ``{"nprobe": 32}`` or ``{"efSearch": 256}``;
+            ``None`` keeps the recorded ones, or picks defaults for a new factory.
+        rebuild: Rebuild even if the index could be extended.
+        seed: Seed of the training sample.
+        progress: Called with ``(rows added, rows to add)``.
+
+    Returns:
+        The updated set.
+
+    Raises:
+        UnknownEmbeddingSetError: If the set does not exist.
+        InvalidArgumentError: If the factory string is invalid or cannot be
+            trained on this many vectors.
+    """
+    import faiss
+
+    es = get_set(store, set_or_model)
+    factory = index or es.index_factory
+    path = index_path(store, es)
+    idx: Any = None
+    fresh = False
+    if not rebuild and factory == es.index_factory and path.exists():
+        idx = load_index(store, es)
+    if idx is None:
+        try:
+            base = faiss.index_factory(es.dim, factory, faiss_metric(es.metric))
+        except RuntimeError as exc:
+            raise InvalidArgumentError(
+                f"invalid FAISS index factory {factory!r}: {str(exc).splitlines()[0]} "
+                "(try Flat, HNSW32, IVF1024,Flat or IVF4096,PQ48)"
+            ) from None
+        if not base.is_trained:
+            try:
+                _train(base, store, es, factory, seed)
+            except RuntimeError as exc:
+                raise InvalidArgumentError(
+                    f"cannot train index {factory!r} on set {es.name!r}: "
+                    f"{str(exc).splitlines()[0]}"
+                ) from None
+        idx = faiss.IndexIDMap2(base)
+        fresh = True
+        params = (
+            search_params if search_params is not None else default_search_params(base)
+        )
+    else:
+        params = search_params if search_params is not None else es.search_params
+    start, total = int(idx.ntotal), es.n_vectors
+    for lo in range(start, total, _ADD_CHUNK_ROWS):
+        hi = min(lo + _ADD_CHUNK_ROWS, total)
+        ids, x = _read_rows(store, es, lo, hi)
+        idx.add_with_ids(x, ids)
+        if progress is not None:
+            progress(hi - start, total - start)
+    changed = (
+        fresh
+        or int(idx.ntotal) != es.n_indexed
+        or factory != es.index_factory
+        or params != es.search_params
+        or not path.exists()
+    )
+    if not changed:
+        return es
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    faiss.write_index(idx, str(tmp))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    with store.transaction() as con:
+        con.execute(
+            "UPDATE embedding_sets SET n_indexed = ?, index_factory = ?, "
+            "search_params = ?, updated_at = now() WHERE set_id = ?",
+            [int(idx.ntotal), factory, json.dumps(params), es.set_id],
+        )
+    _remember(path, idx)
+    logger.info("index %s of set %s holds %d vectors", factory, es.name, idx.ntotal)
+    return get_set(store, es.set_id)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return (st.st_mtime_ns, st.st_size)
+
+
+def _remember(path: Path, idx: Any) -> None:
+    with _cache_lock:
+        _cache.clear()  # keep one index in memory per process
+        _cache[path] = (_stamp(path), idx)
+
+
+def load_index(store: Store, es: EmbeddingSet) -> Any:
+    """Load the set's index (cached per process while the file is unchanged).
+
+    Returns:
+        The ``faiss.IndexIDMap2``, or ``None`` when the set has no index file yet.
+        Its ``ntotal`` lies between the catalog's ``n_indexed`` and ``n_vectors``
+        (a killed writer may have replaced the file but not updated the catalog).
+
+    Raises:
+        StoreCorruptError: If the file cannot be read or its size disagrees.
+    """
+    import faiss
+
+    path = index_path(store, es)
+    if not path.exists():
+        if es.n_indexed > 0:
+            raise StoreCorruptError(
+                f"index {path} of set {es.name!r} is missing but the catalog records "
+                f"{es.n_indexed} indexed vectors: rebuild it with 'cytostore "
+                f"build-index STORE --model {es.model} --rebuild'"
+            )
+        return None
+    stamp = _stamp(path)
+    with _cache_lock:
+        hit = _cache.get(path)
+    if hit is not None and hit[0] == stamp:
+        idx = hit[1]
+    else:
+        try:
+            idx = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise StoreCorruptError(
+                f"cannot read index {path}: {str(exc).splitlines()[0]}; rebuild it "
+                f"with 'cytostore build-index STORE --model {es.model} --rebuild'"
+            ) from None
+        _remember(path, idx)
+    if not es.n_indexed <= idx.ntotal <= es.n_vectors or idx.d != es.dim:
+        raise StoreCorruptError(
+            f"index {path} holds {idx.ntotal} vectors of dim {idx.d} but the catalog "
+            f"records {es.n_indexed} of dim {es.dim} for set {es.name!r}: rebuild it "
+            f"with 'cytostore build-index STORE --model {es.model} --rebuild'"
+        )
+    return idx

@@ -1,0 +1,166 @@
+"""Join the shard sets of a sharded ``embed --shard i/n`` run into the model's full set.
+
+Each machine embeds one shard into its own set (``model@i/n``). ``merge`` appends the
+shards' rows bit for bit to the full set (cells already there are skipped), extends the
+index, and then removes the shard sets in one transaction. It can be run after some
+shards only, and again when the rest are done; a killed merge is rerun safely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cytostore.errors import ConfigMismatchError, UnknownEmbeddingSetError
+from cytostore.store.index import build_index, index_path
+from cytostore.store.vectors import (
+    EmbeddingSet,
+    VectorWriter,
+    create_set,
+    ids_path,
+    list_sets,
+    read_vectors,
+    vector_path,
+)
+
+if TYPE_CHECKING:
+    from cytostore.store.catalog import Store
+
+__all__ = ["merge", "parse_shard"]
+
+logger = logging.getLogger(__name__)
+
+_CHUNK_ROWS = 65_536
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    """Parse ``"i/n"`` (1-based) into ``(i, n)``.
+
+    Raises:
+        InvalidArgumentError: If it is not two integers with ``1 <= i <= n``.
+
+    Examples:
+        >>> parse_shard("2/8")
+        (2, 8)
+    """
+    from cytostore.errors import InvalidArgumentError
+
+    head, _, tail = shard.partition("/")
+    if not (head.strip().isdigit() and tail.strip().isdigit()):
+        raise InvalidArgumentError(f"--shard {shard!r} must look like I/N, e.g. 1/4")
+    i, n = int(head), int(tail)
+    if not 1 <= i <= n:
+        raise InvalidArgumentError(f"--shard {shard!r} needs 1 <= I <= N")
+    return i, n
+
+
+def merge(
+    store: Store,
+    model: str | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Append every shard set of ``model`` to its full set, then drop the shards.
+
+    Args:
+        store: The store.
+        model: The model whose shards to join; ``None``: the only model with shards.
+        progress: Called with ``(rows done, rows)``.
+
+    Returns:
+        A report: ``model``, ``set_id``, ``shards`` merged, ``added`` rows,
+        ``skipped`` rows (cells already in the full set), ``n_vectors``.
+
+    Raises:
+        UnknownEmbeddingSetError: If there are no shard sets (of ``model``).
+        ConfigMismatchError: If the shards disagree on dim, dtype, metric, index
+            or preprocessing, or on the shard count.
+    """
+    shards = [s for s in list_sets(store) if s.shard is not None]
+    models = sorted({s.model for s in shards})
+    if model is None and len(models) > 1:
+        raise UnknownEmbeddingSetError(
+            f"shards of several models exist ({', '.join(models)}): pick one with "
+            "--model"
+        )
+    model = model or (models[0] if models else None)
+    shards = [s for s in shards if s.model == model]
+    if not shards:
+        raise UnknownEmbeddingSetError(
+            f"no shard sets to merge{f' for model {model!r}' if model else ''}: embed "
+            "with 'cytostore embed STORE --model NAME --shard I/N' first"
+        )
+    first = shards[0]
+    for s in shards[1:]:
+        a = (s.dim, s.dtype, s.metric, s.index_factory, s.preprocessing)
+        b = (
+            first.dim,
+            first.dtype,
+            first.metric,
+            first.index_factory,
+            first.preprocessing,
+        )
+        if a != b or parse_shard(s.shard or "")[1] != parse_shard(first.shard or "")[1]:
+            raise ConfigMismatchError(
+                f"shards {first.name!r} and {s.name!r} were embedded differently "
+                "(dim, dtype, metric, index, preprocessing or shard count): re-embed "
+                "the odd one with the same options"
+            )
+    full = create_set(
+        store,
+        first.model,
+        first.dim,
+        dtype=first.dtype,
+        metric=first.metric,
+        index_factory=first.index_factory,
+        preprocessing=first.preprocessing,
+    )
+    total = sum(s.n_vectors for s in shards)
+    added = skipped = done = 0
+    with VectorWriter(store, full) as writer:
+        for s in shards:
+            ids, mat = read_vectors(store, s)
+            for lo in range(0, ids.size, _CHUNK_ROWS):
+                chunk = np.asarray(ids[lo : lo + _CHUNK_ROWS])
+                new = ~writer.contains(chunk)
+                if new.any():
+                    rows = np.asarray(mat[lo : lo + _CHUNK_ROWS])[new]
+                    writer.append(chunk[new], rows, normalize=False)
+                added += int(new.sum())
+                skipped += int((~new).sum())
+                done += chunk.size
+                if progress is not None:
+                    progress(done, total)
+    full = build_index(store, full.set_id)
+    _drop_sets(store, shards)
+    logger.info("merged %d shards of %s: %d rows added", len(shards), model, added)
+    return {
+        "model": full.model,
+        "set_id": full.set_id,
+        "shards": sorted(s.shard or "" for s in shards),
+        "added": added,
+        "skipped": skipped,
+        "n_vectors": full.n_vectors,
+    }
+
+
+def _drop_sets(store: Store, sets: list[EmbeddingSet]) -> None:
+    with store.transaction() as con:
+        con.execute(
+            "DELETE FROM embedding_sets WHERE set_id IN (SELECT unnest(?))",
+            [[s.set_id for s in sets]],
+        )
+    for s in sets:
+        lock = store.root / "vectors" / f"{s.set_id}.lock"
+        for path in (
+            vector_path(store, s),
+            ids_path(store, s),
+            index_path(store, s),
+            lock,
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()

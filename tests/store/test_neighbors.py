@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cytostore.errors import InvalidArgumentError
+from cytostore.store import Store
+
+
+def test_neighbors__table_matches_per_cell_search(vec_store: Store) -> None:
+    report = vec_store.neighbors("knn5", 5, where="dataset = 'lmu'")
+    assert report["cells"] == 150 and report["rows"] == 750
+    rows = vec_store.sql(
+        "SELECT cell_id, rank, neighbor_id, distance, set_id FROM knn5 ORDER BY ALL"
+    ).rows
+    by_cell: dict[int, list[tuple]] = {}
+    for r in rows:
+        by_cell.setdefault(r[0], []).append(r)
+    for cell in (2, 100, 299):  # lmu cells have odd ids (rows 0, 2, ... of the fixture)
+        if cell not in by_cell:
+            continue
+        dist, ids = vec_store.search(cell, k=5, where="dataset = 'lmu'")
+        assert [r[2] for r in by_cell[cell]] == ids[0].tolist()
+        np.testing.assert_allclose([r[3] for r in by_cell[cell]], dist[0], rtol=1e-6)
+        assert [r[1] for r in by_cell[cell]] == [1, 2, 3, 4, 5]
+    assert all(r[0] != r[2] for r in rows)
+    assert {r[4] for r in rows} == {1}
+    lmu = set(vec_store.where_ids("dataset = 'lmu'").tolist())
+    assert {r[0] for r in rows} == lmu and {r[2] for r in rows} <= lmu
+
+
+def test_neighbors__sql_label_agreement_per_dataset(vec_store: Store) -> None:
+    vec_store.neighbors("knn3", 3)
+    res = vec_store.sql(
+        "SELECT m.dataset, avg((n.label = m.label)::INT) AS agreement "
+        "FROM knn3 k JOIN cell_meta m ON m.cell_id = k.cell_id "
+        "JOIN cell_meta n ON n.cell_id = k.neighbor_id GROUP BY ALL ORDER BY ALL"
+    ).rows
+    assert [r[0] for r in res] == ["bm", "lmu"]
+    assert all(0.0 <= r[1] <= 1.0 for r in res)
+
+
+def test_neighbors__replaces_its_own_table(vec_store: Store) -> None:
+    vec_store.neighbors("knn", 4)
+    vec_store.neighbors("knn", 2, where="label = 'EOS'")
+    n_eos = vec_store.where_ids("label = 'EOS'").size
+    assert vec_store.sql("SELECT count(*) FROM knn").rows == [(2 * n_eos,)]
+    assert vec_store.sql('SELECT k, "where" FROM neighbor_tables').rows == [
+        (2, "label = 'EOS'")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("into", "match"),
+    [
+        ("cells", "not a neighbour table"),
+        ("cell_meta", "not a neighbour table"),
+        ("embedding_sets", "not a neighbour table"),
+        ("knn; DROP TABLE cells", "not a valid table"),
+    ],
+)
+def test_neighbors__refuses_core_tables_and_bad_names(
+    vec_store: Store, into: str, match: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match=match):
+        vec_store.neighbors(into, 3)
+    assert vec_store.sql("SELECT count(*) FROM cells").rows == [(300,)]
