@@ -186,7 +186,16 @@ def progress_bar(desc: str, unit: str = "cell") -> Iterator[Callable[[int, int],
     def update(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
+            tty = sys.stderr.isatty()
+            bar = tqdm(
+                total=total,
+                desc=desc,
+                unit=unit,
+                file=sys.stderr,
+                leave=False,
+                mininterval=0.2 if tty else 10.0,
+                disable=None if tty else False,
+            )
         if total != bar.total:
             bar.total = total
         bar.update(done - bar.n)
