@@ -75,3 +75,27 @@ def synthetic_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "synth"
     synthesize(out, cells_per_dataset=120, patients_per_subtype=2, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_store(
+    synthetic_tree: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A store folder holding the ingested :func:`synthetic_tree` (360 cells).
+
+    Shared by the whole session: open it read-only (``Store.open(path).sql(...)``);
+    tests that write use :func:`synthetic_store_copy`.
+    """
+    from cytostore.data import ingest
+
+    path = tmp_path_factory.mktemp("synthetic_store") / "store"
+    ingest(path, synthetic_tree, workers=1)
+    return path
+
+
+@pytest.fixture
+def synthetic_store_copy(synthetic_store: Path, tmp_path: Path) -> Path:
+    """A private copy of :func:`synthetic_store`'s folder, free to write to."""
+    import shutil
+
+    return Path(shutil.copytree(synthetic_store, tmp_path / "store"))
