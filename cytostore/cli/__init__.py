@@ -7,9 +7,13 @@ import logging
 import click
 
 from cytostore.cli._common import CytostoreGroup
+from cytostore.cli.explain import explain
 from cytostore.cli.info import info
 from cytostore.cli.ingest import ingest
+from cytostore.cli.mil import mil
 from cytostore.cli.models import models
+from cytostore.cli.predict import predict
+from cytostore.cli.probe import probe
 from cytostore.cli.sql import sql
 from cytostore.cli.synth import synth
 
@@ -37,5 +41,5 @@ def main(verbose: bool) -> None:
     )
 
 
-for _command in (info, ingest, models, sql, synth):
+for _command in (explain, info, ingest, mil, models, predict, probe, sql, synth):
     main.add_command(_command)

@@ -157,6 +157,26 @@ def auroc_ovr(
     return float(np.mean(valid)) if valid else float("nan")
 
 
+def _fast_metrics(
+    t: npt.NDArray[np.int64], p: npt.NDArray[np.int64], k: int
+) -> dict[str, float]:
+    """Headline metrics of integer-coded labels (the same definitions, vectorised)."""
+    cm = np.bincount(t * k + p, minlength=k * k).reshape(k, k).astype(np.float64)
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    precision = _safe_div(tp, predicted)
+    recall = _safe_div(tp, support)
+    f1 = _safe_div(2 * precision * recall, precision + recall)
+    present = (support > 0) | (predicted > 0)
+    return {
+        "accuracy": float(tp.sum() / t.size),
+        "balanced_accuracy": float(recall[support > 0].mean()),
+        "macro_f1": float(f1[present].mean()),
+        "weighted_f1": float((f1 * support).sum() / support.sum()),
+    }
+
+
 def bootstrap_ci(
     y_true: Sequence[Any] | npt.NDArray[Any],
     y_pred: Sequence[Any] | npt.NDArray[Any],
@@ -187,12 +207,17 @@ def bootstrap_ci(
     rng = np.random.default_rng(seed)
     names = list(METRICS) + (["auroc"] if proba is not None else [])
     draws: dict[str, list[float]] = {m: [] for m in names}
+    vocab = {
+        v: i for i, v in enumerate(sorted(set(t.tolist()) | set(p.tolist()), key=str))
+    }
+    ti = np.asarray([vocab[v] for v in t.tolist()], dtype=np.int64)
+    pi = np.asarray([vocab[v] for v in p.tolist()], dtype=np.int64)
+    k = len(vocab)
     n = t.size
     for _ in range(n_boot):
         idx = rng.integers(0, n, n)
-        m = classification_metrics(t[idx], p[idx])
-        for name in METRICS:
-            draws[name].append(m[name])
+        for name, value in _fast_metrics(ti[idx], pi[idx], k).items():
+            draws[name].append(value)
         if proba is not None and labels is not None:
             draws["auroc"].append(auroc_ovr(t[idx], np.asarray(proba)[idx], labels))
     alpha = (1.0 - level) / 2.0

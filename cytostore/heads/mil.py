@@ -138,7 +138,7 @@ def mil(
     split: str | None = None,
     name: str | None = None,
     min_bag_size: int = 2,
-    max_epochs: int = 60,
+    max_epochs: int = 40,
     n_boot: int = 1000,
     seed: int = 0,
     device: str = "cpu",

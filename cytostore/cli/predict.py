@@ -1,0 +1,50 @@
+"""``cytostore predict``: apply a saved head and write its predictions to the catalog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cytostore.cli._common import (
+    echo_summary,
+    format_option,
+    progress_bar,
+    render_report,
+    render_rows,
+    store_argument,
+    where_option,
+)
+
+
+@click.command("predict")
+@store_argument
+@click.option(
+    "--head", required=True, help="Name of a saved head (see 'cytostore info')."
+)
+@where_option
+@format_option("table", "json")
+def predict(store: Path, head: str, where: str | None, fmt: str) -> None:
+    """Apply a saved head to cells (MIL: new patients) and store the predictions.
+
+    \b
+    Example:
+        cytostore predict demo-store --head linear-cell_type-tiny --where "dataset='lmu'"
+        cytostore sql demo-store "SELECT label, count(*) FROM predictions GROUP BY 1"
+    """
+    from cytostore.heads.predict import predict as run_predict
+
+    with progress_bar("predict") as progress:
+        result = run_predict(Path(store), head, where=where, progress=progress)
+    if fmt == "json":
+        click.echo(render_report(result, "json"))
+    else:
+        rows = sorted(result["label_counts"].items())
+        click.echo(render_rows(["label", "count"], rows, "table"))
+    extra = (
+        f" ({result['skipped_trained_patients']} training patients kept their "
+        "out-of-fold predictions)"
+        if result.get("skipped_trained_patients")
+        else ""
+    )
+    echo_summary(f"{result['n_predicted']} rows written to {result['table']}{extra}")
