@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,8 +21,8 @@ from cytostore.data._morphs import Morph, Stain
 
 __all__ = ["render_cell"]
 
-F32 = npt.NDArray[np.float32]
-_WORK_UM_PER_PX = 0.18
+F32 = npt.NDArray[np.floating[Any]]  # float32 at run time
+_WORK_UM_PER_PX = 0.2
 _RBC_RADIUS_UM = 3.7
 
 
@@ -40,7 +41,10 @@ def _od(rgb: tuple[int, int, int]) -> F32:
 
 def _soft(sdf: F32, edge_um: float) -> F32:
     """Return a [0, 1] mask from a signed distance (µm, negative inside)."""
-    return np.clip(0.5 - sdf / edge_um, 0.0, 1.0)
+    out = np.multiply(sdf, np.float32(-1.0 / edge_um), dtype=np.float32)
+    out += np.float32(0.5)
+    np.maximum(out, 0.0, out=out)
+    return np.minimum(out, 1.0, out=out)
 
 
 @functools.lru_cache(maxsize=32)
@@ -110,14 +114,16 @@ def _nucleus_sdf(
         return _arc_sdf(u, v, 0.72 * rn, math.radians(rng.uniform(95, 150)), 0.5 * rn)
     if m.nucleus == "lobed":
         n = int(rng.integers(m.lobes[0], m.lobes[1] + 1))
-        half = math.radians(rng.uniform(55, 75) if n == 2 else rng.uniform(90, 150))
+        half = math.radians(rng.uniform(55, 75) if n == 2 else rng.uniform(70, 125))
         arc_r = 0.62 * rn
         lobe_r = rn * (0.52 if n == 2 else 0.42 * (3 / n) ** 0.35)
         sdf = _arc_sdf(u, v, arc_r, half, 0.12 * rn)
-        for a in np.linspace(-half, half, n) + rng.normal(0, 0.12, n):
-            cx, cy = arc_r * math.cos(a), arc_r * math.sin(a)
-            sq = rng.uniform(0.8, 1.0)
-            sdf = np.minimum(sdf, np.hypot(u - cx, (v - cy) / sq) - lobe_r)
+        for a in np.linspace(-half, half, n) + rng.normal(0, 0.15, n):
+            rad = arc_r * rng.uniform(0.85, 1.2)
+            cx, cy = rad * math.cos(a), rad * math.sin(a)
+            sq = rng.uniform(0.75, 1.0)
+            size = lobe_r * rng.uniform(0.85, 1.15)
+            sdf = np.minimum(sdf, np.hypot(u - cx, (v - cy) / sq) - size)
         return sdf
     if m.nucleus == "fragments":
         sdf = np.full_like(u, 1e3)
@@ -129,8 +135,8 @@ def _nucleus_sdf(
     sdf = (np.sqrt((u / a) ** 2 + (v / b) ** 2) - 1.0) * b
     sdf = sdf + 0.06 * rn * coarse
     if m.nucleus == "kidney":
-        notch = np.hypot(u, v - 1.15 * b) - rng.uniform(0.45, 0.65) * a
-        sdf = np.maximum(sdf, -notch)
+        notch = np.hypot(u, v - 1.3 * b) - rng.uniform(0.55, 0.75) * a
+        sdf = np.maximum(sdf, -notch - 0.15 * rn)
     elif m.nucleus == "smudge":
         theta = np.arctan2(v, u)
         sdf = np.hypot(u, v) - rn * _outline(theta, rng, 0.35) + 0.25 * rn * coarse
@@ -152,7 +158,8 @@ def _splat(
     ``xw`` and ``yw`` are the window's pixel-centre coordinates (µm); dots landing
     where ``allowed`` < 0.5 are dropped.
     """
-    field = np.zeros(allowed.shape, np.float32)
+    h, w = allowed.shape
+    field: F32 = np.zeros((h, w), np.float32)
     if count <= 0:
         return field
     um_per_px = float(xw[1] - xw[0])
@@ -160,7 +167,7 @@ def _splat(
     a = rng.uniform(0, 2 * np.pi, count)
     ix = np.rint((centre[0] + r * np.cos(a) - xw[0]) / um_per_px).astype(int)
     iy = np.rint((centre[1] + r * np.sin(a) - yw[0]) / um_per_px).astype(int)
-    ok = (ix >= 0) & (ix < field.shape[1]) & (iy >= 0) & (iy < field.shape[0])
+    ok = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
     ix, iy = ix[ok], iy[ok]
     keep = allowed[iy, ix] >= 0.5
     np.add.at(field, (iy[keep], ix[keep]), rng.uniform(0.6, 1.2, int(keep.sum())))
@@ -258,7 +265,7 @@ def render_cell(
         nuc = nuc * cell
     else:
         cell = nuc
-    dens = nuc * morph.chromatin * np.maximum(1.0 + morph.clumping * fine, 0.0)
+    dens = nuc * morph.chromatin * np.maximum(1.0 + morph.clumping * fine, 0.3)
     for _ in range(int(rng.integers(morph.nucleoli[0], morph.nucleoli[1] + 1))):
         px, py = (float(p) for p in rng.uniform(-0.45 * rn, 0.45 * rn, 2))
         d = np.hypot(x - nx - px, y - ny - py) - rng.uniform(0.5, 0.9)

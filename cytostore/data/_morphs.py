@@ -87,7 +87,8 @@ class Stain:
         nucleus_rgb: Nucleus colour at density 1.
         white: Brightness of the light source (0-255).
         noise: Standard deviation of the pixel noise (0-255 scale).
-        blur_px: Gaussian blur of the final image, output pixels.
+        blur_px: Gaussian blur of the final image, output pixels (the datasets
+            drawn on a coarser grid and resized up are blurred by the resize).
     """
 
     bg_rgb: RGB
@@ -105,7 +106,7 @@ _SKY_BLUE: RGB = (170, 188, 228)
 _DEEP_BLUE: RGB = (128, 150, 218)
 _GREY_BLUE: RGB = (188, 188, 218)
 _AZUROPHIL: RGB = (135, 55, 125)
-_NEUTRO_GRAN: RGB = (190, 150, 190)
+_NEUTRO_GRAN: RGB = (200, 165, 200)
 _EOS_GRAN: RGB = (238, 125, 85)
 _BASO_GRAN: RGB = (65, 25, 95)
 
@@ -381,7 +382,6 @@ STAINS: dict[str, Stain] = {
         rbc_count=(3, 7),
         od_scale=(1.0, 1.0, 1.0),
         noise=1.5,
-        blur_px=1.2,
     ),
     "mll_helmholtz": Stain(
         bg_rgb=(226, 226, 234),
@@ -389,15 +389,14 @@ STAINS: dict[str, Stain] = {
         rbc_count=(2, 5),
         od_scale=(1.15, 1.05, 1.15),
         noise=3.5,
-        blur_px=0.5,
+        blur_px=0.6,
     ),
     "bm": Stain(
         bg_rgb=(200, 172, 224),
         rbc_rgb=(206, 172, 214),
         rbc_count=(4, 9),
-        od_scale=(1.3, 1.4, 0.85),
+        od_scale=(1.2, 1.3, 0.9),
         noise=2.5,
-        blur_px=0.7,
     ),
 }
 
@@ -469,7 +468,7 @@ def subtype_morphs(bag_label: str) -> dict[str, Morph]:
             diam_um=15.0,
             nc=0.68,
             eccentric=0.25,
-            cyto_rgb=(236, 178, 168),
+            cyto_rgb=(232, 190, 182),
             granules=14,
             granule_um=0.9,
             granule_rgb=(150, 60, 110),

@@ -204,13 +204,19 @@ def _draw(
     dataset: str,
     index: int,
     morph: Morph,
-    od_jitter: np.ndarray | None = None,
+    od_patient: np.ndarray | None = None,
     size_scale: float = 1.0,
 ) -> np.ndarray:
-    """Return image ``index`` of ``dataset`` (uint8 RGB), a function of its seed."""
+    """Return image ``index`` of ``dataset`` (uint8 RGB), a function of its seed.
+
+    The stain density varies by 4% per image, or by 2% around ``od_patient`` (3,),
+    the factors of the patient's slide.
+    """
     rng = _rng(seed, dataset, 1, index)
-    if od_jitter is None:
+    if od_patient is None:
         od_jitter = 1.0 + rng.normal(0.0, 0.04, 3)
+    else:
+        od_jitter = od_patient * (1.0 + rng.normal(0.0, 0.02, 3))
     return render_cell(
         rng,
         morph,
@@ -240,8 +246,7 @@ def _write_lmu(
         for i in range(1, count + 1):
             rel = f"{cls}/{cls}_{i:04d}.tiff"
             rgb = _draw(seed, "lmu", index, MORPHS[cls])
-            alpha = np.full(rgb.shape[:2] + (1,), 255, np.uint8)
-            rgba = Image.fromarray(np.concatenate([rgb, alpha], axis=2), "RGBA")
+            rgba = Image.fromarray(rgb, "RGB").convert("RGBA")  # opaque alpha
             rgba.save(tmp / _LMU_ANCHOR / rel, format="TIFF")
             index += 1
             tick()
@@ -324,10 +329,7 @@ def _write_mll(
         folder.mkdir(parents=True)
         for i, kind in enumerate(kinds):
             morph = morphs[MLL_PB_CLASSES[_PB_COLUMNS[kind]]]
-            jitter = od_patient * (
-                1.0 + _rng(seed, "mll_helmholtz", 2, index).normal(0, 0.02, 3)
-            )
-            rgb = _draw(seed, "mll_helmholtz", index, morph, jitter, size_patient)
+            rgb = _draw(seed, "mll_helmholtz", index, morph, od_patient, size_patient)
             Image.fromarray(rgb, "RGB").save(folder / f"image_{i}.tif", format="TIFF")
             index += 1
             tick()
@@ -383,9 +385,13 @@ def _write_bm(
     rng = _rng(seed, "bm", 0)
     index = 0
     for cls, count in counts.items():
+        folders: dict[str, Path] = {}
         for i in range(1, count + 1):
-            folder = tmp / _BM_ANCHOR / cls / _bm_chunk(cls, i, count, chunk_size)
-            folder.mkdir(parents=True, exist_ok=True)
+            chunk = _bm_chunk(cls, i, count, chunk_size)
+            if chunk not in folders:
+                folders[chunk] = tmp / _BM_ANCHOR / cls / chunk
+                folders[chunk].mkdir(parents=True, exist_ok=True)
+            folder = folders[chunk]
             if cls == "NIF":  # not identifiable: another class, out of focus
                 look = MORPHS[str(rng.choice(_NIF_LOOKS))]
                 morph = replace(look, blur_um=NIF_BLUR_UM)
