@@ -94,7 +94,7 @@ def _vit_s16(crop_px: int) -> tuple[nn.Module, int]:
         hidden_dim=384,
         mlp_dim=1536,
     )
-    model.heads = nn.Identity()  # type: ignore[assignment]
+    model.heads = nn.Identity()
     return model, 384
 
 
@@ -209,8 +209,8 @@ def _fit_vit_pos_embedding(
         tuple(target.shape),
     )
     return interpolate_embeddings(
-        image_size=int(model.image_size),
-        patch_size=int(model.patch_size),
+        image_size=int(getattr(model, "image_size")),  # noqa: B009
+        patch_size=int(getattr(model, "patch_size")),  # noqa: B009
         model_state=state,
     )
 
