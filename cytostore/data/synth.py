@@ -195,6 +195,20 @@ def allocate_counts(total: int, real_counts: Mapping[str, int]) -> dict[str, int
     return {n: int(b) + 1 for n, b in zip(names, base, strict=True)}
 
 
+def _class_counts(dataset: str, n_cells: int) -> dict[str, int]:
+    """Return the images per class of ``lmu`` or ``bm``, within its name digits."""
+    real, digits = (LMU_COUNTS, 4) if dataset == "lmu" else (BM_COUNTS, 5)
+    counts = allocate_counts(n_cells, real)
+    if max(counts.values()) >= 10**digits:
+        most = n_cells * (10**digits - 1) // max(counts.values())
+        raise InvalidArgumentError(
+            f"{n_cells} cells give more than {10**digits - 1} images in one "
+            f"{dataset} class, beyond its {digits}-digit file names; use at most "
+            f"{most} cells per dataset"
+        )
+    return counts
+
+
 def _rng(seed: int, dataset: str, *key: int) -> np.random.Generator:
     return np.random.default_rng([seed, _DATASET_KEY[dataset], *key])
 
@@ -231,12 +245,7 @@ def _draw(
 def _write_lmu(
     tmp: Path, n_cells: int, seed: int, tick: Callable[[], None]
 ) -> dict[str, int]:
-    counts = allocate_counts(n_cells, LMU_COUNTS)
-    if max(counts.values()) > 9999:
-        raise InvalidArgumentError(
-            f"{n_cells} cells give more than 9999 images in one lmu class, beyond its "
-            "4-digit file names; use at most 21000 cells per dataset"
-        )
+    counts = _class_counts("lmu", n_cells)
     rng = _rng(seed, "lmu", 0)
     codes = list(LMU_COUNTS)
     lines = []
@@ -376,12 +385,7 @@ def _bm_chunk(cls: str, i: int, count: int, chunk_size: int) -> str:
 def _write_bm(
     tmp: Path, n_cells: int, seed: int, chunk_size: int, tick: Callable[[], None]
 ) -> dict[str, int]:
-    counts = allocate_counts(n_cells, BM_COUNTS)
-    if max(counts.values()) > 99999:
-        raise InvalidArgumentError(
-            f"{n_cells} cells give more than 99999 images in one bm class, beyond its "
-            "5-digit file names; use fewer cells per dataset"
-        )
+    counts = _class_counts("bm", n_cells)
     rng = _rng(seed, "bm", 0)
     index = 0
     for cls, count in counts.items():
@@ -469,13 +473,18 @@ def synthesize(
         )
     if bm_chunk_size < 1:
         raise InvalidArgumentError(f"bm_chunk_size is {bm_chunk_size}: give 1 or more")
-    for name, real in (("lmu", LMU_COUNTS), ("bm", BM_COUNTS)):
+    for name in ("lmu", "bm"):
         if name in names:  # raises before anything is written
-            allocate_counts(cells_per_dataset, real)
+            _class_counts(name, cells_per_dataset)
     if patients_per_subtype is None:
         patients_per_subtype = max(2, min(8, cells_per_dataset // 250))
     if "mll_helmholtz" in names:
         n_patients = patients_per_subtype * len(MLL_BAG_LABELS)
+        if n_patients > 26**3:
+            raise InvalidArgumentError(
+                f"{n_patients} patients exceed the {26**3} three-letter pseudonyms: "
+                f"use at most {26**3 // len(MLL_BAG_LABELS)} patients per subtype"
+            )
         if patients_per_subtype < 1 or cells_per_dataset < 2 * n_patients:
             raise InvalidArgumentError(
                 f"{cells_per_dataset} cells cannot fill {patients_per_subtype} "

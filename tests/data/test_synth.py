@@ -233,6 +233,15 @@ def test_synthesize__an_empty_dataset_folder_is_filled(tmp_path: Path) -> None:
             {"cells_per_dataset": 30, "patients_per_subtype": 4},
             "use --cells-per-dataset 40 or more",
         ),
+        (
+            {
+                "cells_per_dataset": 10**6,
+                "patients_per_subtype": 4000,
+                "datasets": ["mll_helmholtz"],
+            },
+            "at most 3515 patients per subtype",
+        ),
+        ({"cells_per_dataset": 30000}, "beyond its 4-digit file names"),
         ({"datasets": ["tcia"]}, "choose from lmu, mll_helmholtz, bm"),
         ({"datasets": ["bm"], "bm_chunk_size": 0}, "give 1 or more"),
     ],
