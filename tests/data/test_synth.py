@@ -199,9 +199,12 @@ def test_synthesize__same_seed_same_bytes(tmp_path: Path) -> None:
     first = synthesize(tmp_path / "a", 24, 2, seed=7)
     synthesize(tmp_path / "b", 24, 2, seed=7)
     synthesize(tmp_path / "c", 24, 2, seed=8)
+    synthesize(tmp_path / "d", 24, 2, seed=7, datasets=["bm"])
     a, b, c = (_files(tmp_path / x) for x in "abc")
     assert a == b and len(a) == 3 * 24 + 2  # + annotations.dat, metadata.csv
     assert a != c
+    # a dataset does not depend on which others are written with it
+    assert _files(tmp_path / "d" / "bm") == _files(tmp_path / "a" / "bm")
     assert first.n_cells == 72
     assert first.datasets["mll_helmholtz"].patients == {
         p.name: len(list(p.iterdir()))
