@@ -4,8 +4,10 @@ from cytostore.embedder.backbones import BACKBONES, build_backbone
 from cytostore.embedder.cache import CellCache, build_cache
 from cytostore.embedder.card import ModelCard
 from cytostore.embedder.device import resolve_device
+from cytostore.embedder.embed import embed
 from cytostore.embedder.encoder import Encoder
 from cytostore.embedder.preprocess import Preprocessing
+from cytostore.embedder.query import SearchResult, search
 from cytostore.embedder.registry import (
     list_models,
     load_card,
@@ -19,11 +21,14 @@ __all__ = [
     "Encoder",
     "ModelCard",
     "Preprocessing",
+    "SearchResult",
     "build_backbone",
     "build_cache",
+    "embed",
     "list_models",
     "load_card",
     "register_model",
     "register_random_model",
     "resolve_device",
+    "search",
 ]

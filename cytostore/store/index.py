@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "build_index",
+    "check_factory",
     "load_index",
     "index_path",
     "default_search_params",
@@ -79,6 +80,26 @@ def default_search_params(index: faiss.Index) -> dict[str, Any]:
     if isinstance(inner, faiss.IndexHNSW):
         return {"efSearch": 128}
     return {}
+
+
+def check_factory(dim: int, factory: str, metric: str = "cosine") -> None:
+    """Raise if ``factory`` is not a FAISS factory string usable at width ``dim``.
+
+    Raises:
+        InvalidArgumentError: With FAISS's reason and examples of valid strings.
+
+    Examples:
+        >>> check_factory(64, "HNSW32")
+    """
+    import faiss
+
+    try:
+        faiss.index_factory(dim, factory, faiss_metric(metric))
+    except RuntimeError as exc:
+        raise InvalidArgumentError(
+            f"invalid FAISS index factory {factory!r}: {str(exc).splitlines()[0]} "
+            "(try Flat, HNSW32, IVF1024,Flat or IVF4096,PQ48)"
+        ) from None
 
 
 def _read_rows(
