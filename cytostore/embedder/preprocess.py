@@ -217,15 +217,15 @@ class Preprocessing:
         )
         pad_y = max(0, math.ceil((side - h) / 2) + 2)
         pad_x = max(0, math.ceil((side - w) / 2) + 2)
+        pil = Image.fromarray(img)
         if pad_x or pad_y:
-            fill = _border_colour(img)
-            padded = np.empty((h + 2 * pad_y, w + 2 * pad_x, 3), dtype=np.uint8)
-            padded[...] = fill
-            padded[pad_y : pad_y + h, pad_x : pad_x + w] = img
-            img = padded
-        cy, cx = img.shape[0] / 2, img.shape[1] / 2
+            fill = tuple(int(v) for v in _border_colour(img))
+            canvas = Image.new("RGB", (w + 2 * pad_x, h + 2 * pad_y), fill)
+            canvas.paste(pil, (pad_x, pad_y))
+            pil = canvas
+        cy, cx = pil.height / 2, pil.width / 2
         box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
-        out = Image.fromarray(img).resize(
+        out = pil.resize(
             (self.crop_px, self.crop_px), Image.Resampling.BICUBIC, box=box
         )
         return np.asarray(out, dtype=np.uint8)

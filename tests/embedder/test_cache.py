@@ -119,3 +119,17 @@ def test_cell_cache__index_of_and_rows_follow_request_order(cell_store: Store) -
 def test_build_cache__unknown_id_raises(cell_store: Store) -> None:
     with pytest.raises(InvalidArgumentError, match="unknown cell ids"):
         build_cache(cell_store, PREP, ids=[1, 999], workers=0)
+
+
+def test_build_cache__synthetic_tcia_layouts(synthetic_store_copy) -> None:
+    store = Store.open(synthetic_store_copy)
+    ids = store.where_ids()
+    first = {d: int(store.where_ids(f"dataset = '{d}'")[0]) for d in ("lmu", "bm")}
+    store.cell_paths([first["bm"]])[0].unlink()
+    cache = build_cache(store, PREP, workers=2)
+    assert cache.skipped.tolist() == [first["bm"]]
+    assert len(cache) == len(ids) - 1
+    sample = np.array(
+        [first["lmu"], int(store.where_ids("dataset = 'mll_helmholtz'")[0])]
+    )
+    np.testing.assert_array_equal(cache.rows(sample), _reference(store, sample))
