@@ -116,7 +116,7 @@ def _nucleus_sdf(
         n = int(rng.integers(m.lobes[0], m.lobes[1] + 1))
         half = math.radians(rng.uniform(55, 75) if n == 2 else rng.uniform(70, 125))
         arc_r = 0.62 * rn
-        lobe_r = rn * (0.52 if n == 2 else 0.42 * (3 / n) ** 0.35)
+        lobe_r = rn * (0.52 if n == 2 else 0.47 * (3 / n) ** 0.35)
         sdf = _arc_sdf(u, v, arc_r, half, 0.12 * rn)
         for a in np.linspace(-half, half, n) + rng.normal(0, 0.15, n):
             rad = arc_r * rng.uniform(0.85, 1.2)

@@ -392,8 +392,8 @@ STAINS: dict[str, Stain] = {
         blur_px=0.6,
     ),
     "bm": Stain(
-        bg_rgb=(200, 172, 224),
-        rbc_rgb=(206, 172, 214),
+        bg_rgb=(206, 182, 228),
+        rbc_rgb=(222, 200, 216),
         rbc_count=(4, 9),
         od_scale=(1.2, 1.3, 0.9),
         noise=2.5,
