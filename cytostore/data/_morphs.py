@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["Morph", "Stain", "MORPHS", "STAINS", "MLL_PB_CLASSES", "subtype_morphs"]
+__all__ = [
+    "Morph",
+    "Stain",
+    "MORPHS",
+    "STAINS",
+    "MLL_PB_CLASSES",
+    "NIF_BLUR_UM",
+    "subtype_morphs",
+]
 
 RGB = tuple[int, int, int]
 

@@ -492,6 +492,10 @@ def synthesize(
                 f"cells each): use --cells-per-dataset {max(2 * n_patients, 10)} or "
                 "more, or fewer --patients-per-subtype"
             )
+    if out.exists() and not out.is_dir():
+        raise InvalidArgumentError(
+            f"{out} is a file: give a folder (new or holding no {' / '.join(names)})"
+        )
     for name in names:
         target = out / name
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
@@ -519,14 +523,18 @@ def synthesize(
             shutil.rmtree(tmp)  # left by an interrupted run of ours
         tmp.mkdir()
         patients: dict[str, int] = {}
-        if name == "lmu":
-            counts = _write_lmu(tmp, cells_per_dataset, seed, tick)
-        elif name == "mll_helmholtz":
-            counts, patients = _write_mll(
-                tmp, cells_per_dataset, patients_per_subtype, seed, tick
-            )
-        else:
-            counts = _write_bm(tmp, cells_per_dataset, seed, bm_chunk_size, tick)
+        try:
+            if name == "lmu":
+                counts = _write_lmu(tmp, cells_per_dataset, seed, tick)
+            elif name == "mll_helmholtz":
+                counts, patients = _write_mll(
+                    tmp, cells_per_dataset, patients_per_subtype, seed, tick
+                )
+            else:
+                counts = _write_bm(tmp, cells_per_dataset, seed, bm_chunk_size, tick)
+        except BaseException:  # interrupted or failed: leave no partial dataset
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         target = out / name
         if target.exists():
             target.rmdir()  # empty, checked above

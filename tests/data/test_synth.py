@@ -220,6 +220,24 @@ def test_synthesize__refuses_a_non_empty_dataset_folder(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "bm").iterdir()] == ["mine.txt"]
 
 
+def test_synthesize__interrupted_run_leaves_no_partial_dataset(tmp_path: Path) -> None:
+    def interrupt(done: int, total: int) -> None:
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(tmp_path, 21, datasets=["bm"], progress=interrupt)
+    assert list(tmp_path.iterdir()) == []
+    synthesize(tmp_path, 21, datasets=["bm"])  # and a re-run is not refused
+    assert len(list((tmp_path / BM_ANCHOR).rglob("*.jpg"))) == 21
+
+
+def test_synthesize__out_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "out").write_text("")
+    with pytest.raises(InvalidArgumentError, match="is a file: give a folder"):
+        synthesize(tmp_path / "out", 21, datasets=["bm"])
+
+
 def test_synthesize__an_empty_dataset_folder_is_filled(tmp_path: Path) -> None:
     (tmp_path / "bm").mkdir()
     synthesize(tmp_path, 21, datasets=["bm"])
