@@ -99,3 +99,34 @@ def synthetic_store_copy(synthetic_store: Path, tmp_path: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(synthetic_store, tmp_path / "store"))
+
+
+@pytest.fixture(scope="session")
+def embedded_store(
+    synthetic_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """:func:`synthetic_store` plus a random tiny model ``random-tiny`` and its vectors.
+
+    The model is ``register_random_model(store, "random-tiny", backbone="tiny",
+    crop_px=32, seed=0)``; every cell is embedded into one Flat cosine set (float32).
+    Shared by the whole session: read only; tests that write use
+    :func:`embedded_store_copy`.
+    """
+    import shutil
+
+    from cytostore.embedder import embed, register_random_model
+
+    dest = tmp_path_factory.mktemp("embedded_store") / "store"
+    path = Path(shutil.copytree(synthetic_store, dest))
+    store = Store.open(path)
+    register_random_model(store, "random-tiny", backbone="tiny", crop_px=32, seed=0)
+    embed(store, "random-tiny", device="cpu")
+    return path
+
+
+@pytest.fixture
+def embedded_store_copy(embedded_store: Path, tmp_path: Path) -> Path:
+    """A private copy of :func:`embedded_store`'s folder, free to write to."""
+    import shutil
+
+    return Path(shutil.copytree(embedded_store, tmp_path / "embedded_store"))

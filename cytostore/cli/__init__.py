@@ -7,13 +7,19 @@ import logging
 import click
 
 from cytostore.cli._common import CytostoreGroup
+from cytostore.cli.build_index import build_index
+from cytostore.cli.embed import embed
 from cytostore.cli.explain import explain
+from cytostore.cli.export import export
 from cytostore.cli.info import info
 from cytostore.cli.ingest import ingest
+from cytostore.cli.merge import merge
 from cytostore.cli.mil import mil
 from cytostore.cli.models import models
+from cytostore.cli.neighbors import neighbors
 from cytostore.cli.predict import predict
 from cytostore.cli.probe import probe
+from cytostore.cli.search import search
 from cytostore.cli.sql import sql
 from cytostore.cli.synth import synth
 
@@ -41,5 +47,21 @@ def main(verbose: bool) -> None:
     )
 
 
-for _command in (explain, info, ingest, mil, models, predict, probe, sql, synth):
+for _command in (
+    build_index,
+    embed,
+    explain,
+    export,
+    info,
+    ingest,
+    merge,
+    mil,
+    models,
+    neighbors,
+    predict,
+    probe,
+    search,
+    sql,
+    synth,
+):
     main.add_command(_command)

@@ -1,0 +1,44 @@
+"""``cytostore merge``: join the shard sets of a sharded embedding run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cytostore.cli._common import (
+    echo_summary,
+    format_option,
+    progress_bar,
+    render_report,
+    store_argument,
+)
+
+
+@click.command("merge")
+@store_argument
+@click.option(
+    "--model", default=None, help="Model whose shards to join (default: the only one)."
+)
+@format_option("table", "json")
+def merge(store: Path, model: str | None, fmt: str) -> None:
+    """Join the shard sets written by 'embed --shard I/N' into the model's set.
+
+    Shards can be merged as they finish; cells already merged are skipped.
+
+    \b
+    Example:
+        cytostore embed big-store --model simclr-r18 --shard 1/2
+        cytostore embed big-store --model simclr-r18 --shard 2/2
+        cytostore merge big-store
+    """
+    from cytostore.store import Store
+
+    with progress_bar("merge", unit="vector") as progress:
+        report = Store.open(store).merge(model, progress=progress)
+    click.echo(render_report(report, fmt if fmt == "json" else "table"))
+    echo_summary(
+        f"merged shards {', '.join(report['shards'])} of {report['model']}: "
+        f"{report['added']} vectors added, {report['n_vectors']} in set "
+        f"{report['set_id']}"
+    )

@@ -1,0 +1,94 @@
+"""``cytostore search``: the cells most similar to a cell or an image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cytostore.cli._common import (
+    device_option,
+    echo_summary,
+    format_option,
+    render_rows,
+    store_argument,
+    where_option,
+)
+
+
+@click.command("search")
+@store_argument
+@click.option("--cell", type=int, default=None, help="Query by this cell id.")
+@click.option(
+    "--image",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Query by this image file (embedded with the set's model).",
+)
+@click.option(
+    "--model", default=None, help="Embedding set's model (default: the only one)."
+)
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Hits.")
+@where_option
+@click.option(
+    "--include-self", is_flag=True, help="Keep the query cell among its hits."
+)
+@click.option(
+    "--um-per-px",
+    type=float,
+    default=None,
+    help="Pixel size of --image in µm (default: unknown, resized whole).",
+)
+@click.option(
+    "--montage",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write a PNG of the query and its hits.",
+)
+@format_option("table", "csv", "json")
+@device_option
+def search(
+    store: Path,
+    cell: int | None,
+    image: Path | None,
+    model: str | None,
+    k: int,
+    where: str | None,
+    include_self: bool,
+    um_per_px: float | None,
+    montage: Path | None,
+    fmt: str,
+    device: str,
+) -> None:
+    """Print the k cells most similar to a cell (--cell) or an image (--image).
+
+    With --where, the answer is the exact top-k among the matching cells (for the
+    default Flat index). distance is the cosine similarity for the default metric.
+
+    \b
+    Example:
+        cytostore search demo-store --cell 42 -k 5
+        cytostore search demo-store --cell 42 --where "dataset = 'bm'" --format json
+        cytostore search demo-store --image my_cell.png --montage hits.png
+    """
+    from cytostore.embedder import search as run_search
+    from cytostore.store import Store
+
+    result = run_search(
+        Store.open(store),
+        cell=cell,
+        image=image,
+        model=model,
+        k=k,
+        where=where,
+        include_self=include_self,
+        um_per_px=um_per_px,
+        montage=montage,
+        device=device,
+    )
+    click.echo(render_rows(result.columns, result.rows, fmt))
+    es = result.embedding_set
+    summary = f"{len(result.rows)} hits in set {es.set_id} ({es.model}, {es.metric})"
+    if result.montage is not None:
+        summary += f"; montage written to {result.montage}"
+    echo_summary(summary)
