@@ -37,7 +37,8 @@ def test_embed__json_report_then_rerun_embeds_nothing(
     rows = (
         Store.open(embedded_store_copy)
         .sql(
-            "SELECT model, dim, dtype, metric, index_factory, n_vectors FROM embedding_sets"
+            "SELECT model, dim, dtype, metric, index_factory, n_vectors "
+            "FROM embedding_sets"
         )
         .rows
     )
