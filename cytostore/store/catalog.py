@@ -513,7 +513,7 @@ class Store(VectorMethods):
                 ).fetchall()
             )
             next_id = int(
-                con.execute("SELECT coalesce(max(cell_id), 0) FROM cells").fetchone()[0]  # type: ignore[index]
+                con.execute("SELECT coalesce(max(cell_id), 0) FROM cells").fetchall()[0][0]
             )
             ids: list[int] = []
             new: list[tuple[Any, ...]] = []
@@ -527,8 +527,7 @@ class Store(VectorMethods):
                 ids.append(next_id)
                 new.append((next_id, *(r.get(c) for c in CELL_COLUMNS)))
             if new:
-                placeholders = ", ".join("?" * (len(CELL_COLUMNS) + 1))
-                con.executemany(f"INSERT INTO cells VALUES ({placeholders})", new)
+                _insert_cells(con, new)
                 con.execute(
                     "DELETE FROM skipped WHERE dataset || chr(0) || path IN "
                     "(SELECT unnest(?))",
@@ -610,6 +609,29 @@ class Store(VectorMethods):
         """Recreate ``cell_meta`` after a schema change of ``cells`` or ``patients``."""
         with self.transaction() as con:
             self._refresh_views(con)
+
+
+def _insert_cells(con: duckdb.DuckDBPyConnection, new: list[tuple[Any, ...]]) -> None:
+    """Bulk-insert ``(cell_id, *CELL_COLUMNS)`` tuples through one Arrow table.
+
+    ``executemany`` runs one statement per row (~3 ms each); this is one statement.
+    """
+    import pyarrow as pa
+
+    names = ("cell_id", *CELL_COLUMNS)
+    types = {"cell_id": pa.int64(), "um_per_px": pa.float64()}
+    types |= {"width": pa.int32(), "height": pa.int32()}
+    arrays = [
+        pa.array([row[i] for row in new], type=types.get(name, pa.string()))
+        for i, name in enumerate(names)
+    ]
+    table = pa.Table.from_arrays(arrays, names=list(names))
+    cols = ", ".join(names)
+    con.register("_new_cells", table)
+    try:
+        con.execute(f"INSERT INTO cells ({cols}) SELECT {cols} FROM _new_cells")
+    finally:
+        con.unregister("_new_cells")
 
 
 def _first_line(exc: BaseException) -> str:
