@@ -1,8 +1,9 @@
 """Vectorised drawing of one synthetic blood or marrow cell at physical scale.
 
-A cell is drawn on a working grid of about 0.15 µm/px (coarser grids are kept as
-they are) as signed-distance shapes and noise fields in numpy, mixed in optical
-density (Beer-Lambert), then resized to the dataset's image size. No Python loop
+A cell is drawn on a working grid of about 0.2 µm/px (an image with coarser pixels
+is drawn at its own size) as signed-distance shapes and noise fields in numpy, mixed
+in optical density (Beer-Lambert), then resized up to the dataset's image size; the
+white cell itself is computed only in a window around it. No Python loop
 runs over pixels; the loops run over shapes (lobes, red cells, rods).
 """
 
@@ -237,6 +238,8 @@ def render_cell(
     cx, cy = (float(c) for c in rng.uniform(-1.5, 1.5, 2))
     # Everything of the white cell is computed in a window around it.
     reach = radius * (1.3 + 3 * morph.boundary + morph.ragged) + 1.5
+    if morph.cyto_density <= 0:  # a smeared nucleus spreads further
+        reach = 2.4 * radius + 1.5
     i0, i1 = (
         int(np.clip((c - ax[0]) / wu, 0, n)) for c in (cx - reach, cx + reach + wu)
     )
