@@ -79,6 +79,19 @@ class CellCache:
         self._sorted = ids[self._order]
         self._array: npt.NDArray[np.uint8] | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickle (e.g. into DataLoader workers) without the mapped pixels: each
+        # process maps the file again instead of copying gigabytes.
+        state = dict(self.__dict__)
+        state["_array"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return (
+            f"CellCache(prep_id={self.prep.prep_id!r}, n={len(self)}, "
+            f"crop_px={self.prep.crop_px}, root={str(self.root)!r})"
+        )
+
     # ------------------------------------------------------------------ files
     @staticmethod
     def paths(root: Path, prep: Preprocessing) -> tuple[Path, Path, Path]:

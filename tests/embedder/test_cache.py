@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -114,6 +115,14 @@ def test_cell_cache__index_of_and_rows_follow_request_order(cell_store: Store) -
     np.testing.assert_array_equal(cache.ids[rows], want)
     np.testing.assert_array_equal(cache.rows(want)[0], cache.rows(want)[2])
     np.testing.assert_array_equal(cache.rows(want), cache.array[rows])
+
+
+def test_cell_cache__pickles_without_pixels(cell_store: Store) -> None:
+    cache = build_cache(cell_store, PREP, workers=0)
+    _ = cache.array
+    blob = pickle.dumps(cache)
+    assert len(blob) < 48 * 48 * 3  # not even one row of pixels travels
+    np.testing.assert_array_equal(pickle.loads(blob).rows([1, 12]), cache.rows([1, 12]))
 
 
 def test_build_cache__unknown_id_raises(cell_store: Store) -> None:
