@@ -48,7 +48,7 @@ RECOMMENDED_FACTORIES = {
     "5M+ cells, compressed": "IVF4096,PQ48",
     "graph, no training, more RAM": "HNSW32",
 }
-_ADD_CHUNK_ROWS = 65_536
+_ADD_CHUNK_ROWS = 16_384
 _cache_lock = threading.Lock()
 _cache: dict[Path, tuple[tuple[int, int], Any]] = {}
 
@@ -211,10 +211,13 @@ def build_index(
     else:
         params = search_params if search_params is not None else es.search_params
     start, total = int(idx.ntotal), es.n_vectors
-    for lo in range(start, total, _ADD_CHUNK_ROWS):
+    if fresh and isinstance(faiss.downcast_index(idx.index), faiss.IndexFlat):
+        _fill_flat(idx, store, es, progress)
+    for lo in range(int(idx.ntotal), total, _ADD_CHUNK_ROWS):
         hi = min(lo + _ADD_CHUNK_ROWS, total)
         ids, x = _read_rows(store, es, lo, hi)
         idx.add_with_ids(x, ids)
+        del ids, x
         if progress is not None:
             progress(hi - start, total - start)
     changed = (
@@ -241,6 +244,41 @@ def build_index(
     _remember(path, idx)
     logger.info("index %s of set %s holds %d vectors", factory, es.name, idx.ntotal)
     return get_set(store, es.set_id)
+
+
+def _fill_flat(
+    idx: Any,
+    store: Store,
+    es: EmbeddingSet,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Fill a new ``IndexIDMap2(IndexFlat)`` in place, sized once.
+
+    ``add_with_ids`` chunk by chunk grows FAISS's code vector by doubling, which
+    briefly holds old and new buffers (up to ~2x the vectors); sizing it once keeps
+    the peak at the index itself plus one chunk. The result equals adding every row
+    with ``add_with_ids`` (same codes, ids and reverse map).
+    """
+    import faiss
+
+    flat: Any = faiss.downcast_index(idx.index)
+    total, dim = es.n_vectors, es.dim
+    flat.codes.resize(total * dim * 4)
+    codes = faiss.rev_swig_ptr(flat.codes.data(), total * dim * 4)
+    matrix = np.frombuffer(codes, dtype=np.float32).reshape(total, dim)
+    idx.id_map.resize(total)
+    id_map = faiss.rev_swig_ptr(idx.id_map.data(), total)
+    for lo in range(0, total, _ADD_CHUNK_ROWS):
+        hi = min(lo + _ADD_CHUNK_ROWS, total)
+        ids, x = _read_rows(store, es, lo, hi)
+        matrix[lo:hi] = x
+        id_map[lo:hi] = ids
+        del ids, x  # before the next chunk is read
+        if progress is not None:
+            progress(hi, total)
+    flat.ntotal = total
+    idx.ntotal = total
+    idx.construct_rev_map()
 
 
 def _stamp(path: Path) -> tuple[int, int]:

@@ -64,7 +64,9 @@ class Searcher:
     ) -> None:
         import faiss
 
-        self.es: EmbeddingSet = get_set(store, set_or_model)
+        with store.connect(read_only=True):  # one short catalog visit
+            self.es: EmbeddingSet = get_set(store, set_or_model)
+            chosen = store.where_ids(where) if where else None
         self.ids, self.matrix = read_vectors(store, self.es)
         if self.ids.size == 0:
             raise EmptySelectionError(
@@ -81,8 +83,7 @@ class Searcher:
         self.subset: npt.NDArray[np.int64] | None = None
         self._sel: Any = None
         in_subset = np.ones(self.ids.size, dtype=bool)
-        if where:
-            chosen = store.where_ids(where)
+        if chosen is not None:
             in_subset = np.isin(self.ids, chosen)
             if not in_subset.any():
                 raise EmptySelectionError(
