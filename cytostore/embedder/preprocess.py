@@ -285,6 +285,7 @@ class Preprocessing:
             InvalidArgumentError: If ``batch`` is not ``(n, h, w, 3)`` uint8.
 
         Examples:
+            >>> import torch
             >>> prep = Preprocessing.for_input(32)
             >>> x = prep.to_tensor(np.zeros((2, 32, 32, 3), dtype=np.uint8))
             >>> tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last)
