@@ -51,6 +51,13 @@ _DATASETS = ("lmu", "mll_helmholtz", "bm")
     show_default=True,
     help="Images per bm chunk folder (0001-1000, 1001-2000, ...).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes drawing the images (the files do not depend on it).",
+)
 @format_option("table", "json")
 def synth(
     out: Path,
@@ -59,6 +66,7 @@ def synth(
     seed: int,
     datasets: tuple[str, ...],
     bm_chunk_size: int,
+    workers: int,
     fmt: str,
 ) -> None:
     """Write synthetic lmu, mll_helmholtz and bm datasets in their real layouts.
@@ -72,7 +80,7 @@ def synth(
     Example:
         cytostore synth demo-data --cells-per-dataset 600 --seed 0
         cytostore synth small --cells-per-dataset 120 --patients-per-subtype 2
-        cytostore synth bm-only --datasets bm --cells-per-dataset 5000
+        cytostore synth bm-only --datasets bm --cells-per-dataset 5000 --workers 8
     """
     from cytostore.data import synthesize
 
@@ -84,6 +92,7 @@ def synth(
             seed,
             datasets=datasets,
             bm_chunk_size=bm_chunk_size,
+            workers=workers,
             progress=progress,
         )
     rows = [

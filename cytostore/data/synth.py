@@ -14,11 +14,14 @@ bytes.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
+import multiprocessing as mp
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -213,52 +216,82 @@ def _rng(seed: int, dataset: str, *key: int) -> np.random.Generator:
     return np.random.default_rng([seed, _DATASET_KEY[dataset], *key])
 
 
-def _draw(
-    seed: int,
-    dataset: str,
-    index: int,
-    morph: Morph,
-    od_patient: np.ndarray | None = None,
-    size_scale: float = 1.0,
-) -> np.ndarray:
-    """Return image ``index`` of ``dataset`` (uint8 RGB), a function of its seed.
+@dataclass(frozen=True)
+class _Job:
+    """One image to draw and write, with everything it depends on."""
 
-    The stain density varies by 4% per image, or by 2% around ``od_patient`` (3,),
-    the factors of the patient's slide.
+    path: Path
+    dataset: str
+    index: int
+    morph: Morph
+    od_patient: tuple[float, float, float] | None = None
+    size_scale: float = 1.0
+
+
+def _draw(seed: int, job: _Job) -> np.ndarray:
+    """Return the image of ``job`` (uint8 RGB), a function of the seed and the job.
+
+    The stain density varies by 4% per image, or by 2% around the factors of the
+    patient's slide (``job.od_patient``).
     """
-    rng = _rng(seed, dataset, 1, index)
-    if od_patient is None:
+    rng = _rng(seed, job.dataset, 1, job.index)
+    if job.od_patient is None:
         od_jitter = 1.0 + rng.normal(0.0, 0.04, 3)
     else:
-        od_jitter = od_patient * (1.0 + rng.normal(0.0, 0.02, 3))
+        od_jitter = np.asarray(job.od_patient) * (1.0 + rng.normal(0.0, 0.02, 3))
     return render_cell(
         rng,
-        morph,
-        STAINS[dataset],
-        out_px=IMAGE_PX[dataset],
-        um_per_px=UM_PER_PX[dataset],
+        job.morph,
+        STAINS[job.dataset],
+        out_px=IMAGE_PX[job.dataset],
+        um_per_px=UM_PER_PX[job.dataset],
         od_jitter=od_jitter,
-        size_scale=size_scale,
+        size_scale=job.size_scale,
     )
 
 
-def _write_lmu(
-    tmp: Path, n_cells: int, seed: int, tick: Callable[[], None]
-) -> dict[str, int]:
+def _write(seed: int, job: _Job) -> None:
+    """Draw ``job`` and write it in its dataset's format."""
+    img = Image.fromarray(_draw(seed, job), "RGB")
+    if job.dataset == "lmu":
+        img.convert("RGBA").save(job.path, format="TIFF")  # opaque alpha
+    elif job.dataset == "mll_helmholtz":
+        img.save(job.path, format="TIFF")
+    else:
+        img.save(job.path, format="JPEG", quality=90)
+
+
+def _run(
+    jobs: Sequence[_Job], seed: int, workers: int, tick: Callable[[], None]
+) -> None:
+    """Write every job, in ``workers`` processes; the bytes do not depend on it."""
+    if workers <= 1 or len(jobs) < 2:
+        for job in jobs:
+            _write(seed, job)
+            tick()
+        return
+    # spawn, not fork: the caller may hold torch/OpenMP threads
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    try:
+        chunk = max(1, min(64, len(jobs) // (4 * workers)))
+        for _ in pool.map(functools.partial(_write, seed), jobs, chunksize=chunk):
+            tick()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _plan_lmu(tmp: Path, n_cells: int, seed: int) -> tuple[list[_Job], dict[str, int]]:
+    """Make the lmu folders and annotations.dat; return the images to draw."""
     counts = _class_counts("lmu", n_cells)
     rng = _rng(seed, "lmu", 0)
     codes = list(LMU_COUNTS)
     lines = []
-    index = 0
+    jobs: list[_Job] = []
     for cls, count in counts.items():
         (tmp / _LMU_ANCHOR / cls).mkdir(parents=True)
         for i in range(1, count + 1):
             rel = f"{cls}/{cls}_{i:04d}.tiff"
-            rgb = _draw(seed, "lmu", index, MORPHS[cls])
-            rgba = Image.fromarray(rgb, "RGB").convert("RGBA")  # opaque alpha
-            rgba.save(tmp / _LMU_ANCHOR / rel, format="TIFF")
-            index += 1
-            tick()
+            jobs.append(_Job(tmp / _LMU_ANCHOR / rel, "lmu", len(jobs), MORPHS[cls]))
             reann = ["nan", "nan"]
             if rng.uniform() < 0.104:  # 1,905 of 18,365 were re-annotated
                 first = _reannotation(rng, cls, codes)
@@ -268,7 +301,7 @@ def _write_lmu(
                 ]
             lines.append(f"{rel} {cls} {reann[0]} {reann[1]}\n")
     (tmp / "annotations.dat").write_text("".join(lines), encoding="utf-8")
-    return counts
+    return jobs, counts
 
 
 def _reannotation(rng: np.random.Generator, cls: str, codes: Sequence[str]) -> str:
@@ -305,13 +338,10 @@ def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
     return base
 
 
-def _write_mll(
-    tmp: Path,
-    n_cells: int,
-    patients_per_subtype: int,
-    seed: int,
-    tick: Callable[[], None],
-) -> tuple[dict[str, int], dict[str, int]]:
+def _plan_mll(
+    tmp: Path, n_cells: int, patients_per_subtype: int, seed: int
+) -> tuple[list[_Job], dict[str, int], dict[str, int]]:
+    """Make the mll_helmholtz folders and metadata.csv; return the images to draw."""
     n_patients = patients_per_subtype * len(MLL_BAG_LABELS)
     rng = _rng(seed, "mll_helmholtz", 0)
     pids = _patient_ids(rng, n_patients)
@@ -322,7 +352,7 @@ def _write_mll(
     rows: list[list[str]] = []
     per_bag = dict.fromkeys(MLL_BAG_LABELS, 0)
     per_patient: dict[str, int] = {}
-    index = 0
+    jobs: list[_Job] = []
     for p, (pid, size) in enumerate(zip(pids, sizes, strict=True)):
         bag = MLL_BAG_LABELS[p % len(MLL_BAG_LABELS)]
         morphs = subtype_morphs(bag)
@@ -332,16 +362,17 @@ def _write_mll(
         mix[present] = rng.dirichlet(20.0 * mean[present] / 100.0 + 0.02)
         pb = _largest_remainder(100, mix)
         kinds = rng.choice(len(pb), size=int(size), p=pb / pb.sum())
-        od_patient = 1.0 + rng.normal(0.0, 0.06, 3)
+        od = 1.0 + rng.normal(0.0, 0.06, 3)  # the patient's slide
+        od_patient = (float(od[0]), float(od[1]), float(od[2]))
         size_patient = float(rng.normal(1.0, 0.04))
         folder = anchor / "data" / bag / pid
         folder.mkdir(parents=True)
         for i, kind in enumerate(kinds):
             morph = morphs[MLL_PB_CLASSES[_PB_COLUMNS[kind]]]
-            rgb = _draw(seed, "mll_helmholtz", index, morph, od_patient, size_patient)
-            Image.fromarray(rgb, "RGB").save(folder / f"image_{i}.tif", format="TIFF")
-            index += 1
-            tick()
+            path = folder / f"image_{i}.tif"
+            jobs.append(
+                _Job(path, "mll_helmholtz", len(jobs), morph, od_patient, size_patient)
+            )
         per_bag[bag] += int(size)
         per_patient[pid] = int(size)
         rows.append(_metadata_row(rng, pid, bag, int(size), pb))
@@ -351,7 +382,7 @@ def _write_mll(
     writer.writerow(_MLL_HEADER)
     writer.writerows(rows)
     (anchor / "metadata.csv").write_bytes(buf.getvalue().encode("utf-8"))
-    return per_bag, per_patient
+    return jobs, per_bag, per_patient
 
 
 def _metadata_row(
@@ -382,12 +413,13 @@ def _bm_chunk(cls: str, i: int, count: int, chunk_size: int) -> str:
     return f"{start:04d}-{end:04d}"
 
 
-def _write_bm(
-    tmp: Path, n_cells: int, seed: int, chunk_size: int, tick: Callable[[], None]
-) -> dict[str, int]:
+def _plan_bm(
+    tmp: Path, n_cells: int, seed: int, chunk_size: int
+) -> tuple[list[_Job], dict[str, int]]:
+    """Make the bm class and chunk folders; return the images to draw."""
     counts = _class_counts("bm", n_cells)
     rng = _rng(seed, "bm", 0)
-    index = 0
+    jobs: list[_Job] = []
     for cls, count in counts.items():
         folders: dict[str, Path] = {}
         for i in range(1, count + 1):
@@ -401,13 +433,8 @@ def _write_bm(
                 morph = replace(look, blur_um=NIF_BLUR_UM)
             else:
                 morph = MORPHS[cls]
-            rgb = _draw(seed, "bm", index, morph)
-            Image.fromarray(rgb, "RGB").save(
-                folder / f"{cls}_{i:05d}.jpg", format="JPEG", quality=90
-            )
-            index += 1
-            tick()
-    return counts
+            jobs.append(_Job(folder / f"{cls}_{i:05d}.jpg", "bm", len(jobs), morph))
+    return jobs, counts
 
 
 def synthesize(
@@ -418,6 +445,7 @@ def synthesize(
     *,
     datasets: Sequence[str] = DATASETS,
     bm_chunk_size: int = 1000,
+    workers: int = 1,
     progress: Progress | None = None,
 ) -> SynthReport:
     """Write synthetic ``lmu``, ``mll_helmholtz`` and ``bm`` datasets under ``out``.
@@ -443,6 +471,7 @@ def synthesize(
         seed: Random seed; the same seed writes the same bytes.
         datasets: Which of ``lmu``, ``mll_helmholtz``, ``bm`` to write.
         bm_chunk_size: Images per ``bm`` chunk folder (1000 in the real data).
+        workers: Processes drawing the images (the files do not depend on it).
         progress: Called as ``progress(done, total)`` after each image.
 
     Returns:
@@ -450,7 +479,8 @@ def synthesize(
 
     Raises:
         InvalidArgumentError: An unknown dataset, too few cells for the classes or
-            patients, a non-positive chunk size, or an ``out/<dataset>`` folder that
+            patients, a non-positive chunk size or worker count, or an
+            ``out/<dataset>`` folder that
             exists and is not empty.
 
     Examples:
@@ -471,6 +501,8 @@ def synthesize(
         raise InvalidArgumentError(
             f"cells_per_dataset is {cells_per_dataset}: give a positive number"
         )
+    if workers < 1:
+        raise InvalidArgumentError(f"workers is {workers}: give 1 or more")
     if bm_chunk_size < 1:
         raise InvalidArgumentError(f"bm_chunk_size is {bm_chunk_size}: give 1 or more")
     for name in ("lmu", "bm"):
@@ -504,50 +536,59 @@ def synthesize(
                 "folder or delete it first"
             )
 
-    total = cells_per_dataset * len(names)
-    done = 0
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total)
-
-    written: dict[str, SynthDataset] = {}
+    # Plan every dataset (folders, metadata files, the list of images) in its
+    # temporary folder, draw all images in one pass, and rename each dataset into
+    # place as soon as its last image is written.
     out.mkdir(parents=True, exist_ok=True)
-    for name in DATASETS:
-        if name not in names:
-            continue
-        tmp = out / f".{name}.synth-tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)  # left by an interrupted run of ours
-        tmp.mkdir()
-        patients: dict[str, int] = {}
-        try:
+    planned: list[tuple[SynthDataset, Path, int]] = []  # entry, temp folder, end
+    jobs: list[_Job] = []
+    try:
+        for name in DATASETS:
+            if name not in names:
+                continue
+            tmp = out / f".{name}.synth-tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)  # left by an interrupted run of ours
+            tmp.mkdir()
+            patients: dict[str, int] = {}
             if name == "lmu":
-                counts = _write_lmu(tmp, cells_per_dataset, seed, tick)
+                more, counts = _plan_lmu(tmp, cells_per_dataset, seed)
             elif name == "mll_helmholtz":
-                counts, patients = _write_mll(
-                    tmp, cells_per_dataset, patients_per_subtype, seed, tick
+                more, counts, patients = _plan_mll(
+                    tmp, cells_per_dataset, patients_per_subtype, seed
                 )
             else:
-                counts = _write_bm(tmp, cells_per_dataset, seed, bm_chunk_size, tick)
-        except BaseException:  # interrupted or failed: leave no partial dataset
+                more, counts = _plan_bm(tmp, cells_per_dataset, seed, bm_chunk_size)
+            jobs += more
+            entry = SynthDataset(
+                name=name,
+                root=out / name,
+                um_per_px=UM_PER_PX[name],
+                image_px=IMAGE_PX[name],
+                counts=counts,
+                patients=patients,
+            )
+            planned.append((entry, tmp, len(jobs)))
+
+        done = 0
+        pending = list(planned)
+
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, len(jobs))
+            while pending and pending[0][2] == done:
+                entry, tmp, _ = pending.pop(0)
+                if entry.root.exists():
+                    entry.root.rmdir()  # empty, checked above
+                os.replace(tmp, entry.root)
+                logger.info("wrote %d synthetic %s cells", entry.n_cells, entry.name)
+
+        _run(jobs, seed, workers, tick)
+    except BaseException:  # interrupted or failed: leave no partial dataset
+        for _, tmp, _ in planned:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        target = out / name
-        if target.exists():
-            target.rmdir()  # empty, checked above
-        os.replace(tmp, target)
-        logger.info(
-            "wrote %d synthetic %s cells to %s", sum(counts.values()), name, target
-        )
-        written[name] = SynthDataset(
-            name=name,
-            root=target,
-            um_per_px=UM_PER_PX[name],
-            image_px=IMAGE_PX[name],
-            counts=counts,
-            patients=patients,
-        )
+        raise
+    written = {entry.name: entry for entry, _, _ in planned}
     return SynthReport(out=out, seed=seed, datasets=written)

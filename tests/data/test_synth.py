@@ -212,6 +212,15 @@ def test_synthesize__same_seed_same_bytes(tmp_path: Path) -> None:
     }
 
 
+def test_synthesize__workers_write_the_same_bytes(tmp_path: Path) -> None:
+    synthesize(tmp_path / "one", 21, 2, seed=5, datasets=["mll_helmholtz", "bm"])
+    synthesize(
+        tmp_path / "two", 21, 2, seed=5, datasets=["mll_helmholtz", "bm"], workers=2
+    )
+    one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
+    assert one == two and len(one) == 43
+
+
 def test_synthesize__refuses_a_non_empty_dataset_folder(tmp_path: Path) -> None:
     (tmp_path / "bm").mkdir()
     (tmp_path / "bm" / "mine.txt").write_text("keep me")
@@ -264,7 +273,8 @@ def test_synthesize__an_empty_dataset_folder_is_filled(tmp_path: Path) -> None:
         ),
         ({"cells_per_dataset": 30000}, "beyond its 4-digit file names"),
         ({"datasets": ["tcia"]}, "choose from lmu, mll_helmholtz, bm"),
-        ({"datasets": ["bm"], "bm_chunk_size": 0}, "give 1 or more"),
+        ({"datasets": ["bm"], "bm_chunk_size": 0}, "bm_chunk_size is 0: give 1"),
+        ({"datasets": ["bm"], "workers": 0}, "workers is 0: give 1 or more"),
     ],
 )
 def test_synthesize__invalid_arguments(
