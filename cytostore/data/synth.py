@@ -478,10 +478,10 @@ def synthesize(
         The datasets written, with their counts per class / bag and per patient.
 
     Raises:
-        InvalidArgumentError: An unknown dataset, too few cells for the classes or
-            patients, a non-positive chunk size or worker count, or an
-            ``out/<dataset>`` folder that
-            exists and is not empty.
+        InvalidArgumentError: An unknown dataset, too few (or too many) cells for
+            the classes' file names or the patients, a non-positive chunk size or
+            worker count, ``out`` being a file, or an ``out/<dataset>`` folder that
+            exists and is not empty (nothing is written then).
 
     Examples:
         >>> import tempfile
