@@ -47,7 +47,9 @@ class Encoder:
     Use :meth:`load` for a registered model; the constructor wraps any backbone.
 
     Args:
-        backbone: Module mapping float ``(n, 3, c, c)`` to ``(n, dim)``.
+        backbone: Module mapping float ``(n, 3, c, c)`` to ``(n, dim)``; it is put in
+            eval mode and moved to ``device`` in ``channels_last`` layout in place
+            (call ``.train()`` again to keep training it).
         preprocessing: What every input goes through.
         name: Model name (for messages and logs).
         dim: Feature width; measured with one forward pass when ``None``.
