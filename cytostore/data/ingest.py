@@ -114,7 +114,13 @@ def _probe(path: str) -> tuple[int, int, str | None, str | None]:
 
 
 class _Prober:
-    """Maps :func:`_probe` over paths, in order, in a lazily started process pool."""
+    """Maps :func:`_probe` over paths, in order, in a lazily started process pool.
+
+    Workers are forked where the OS can (Linux, macOS): they only run Pillow and
+    hashlib, start at once, and never re-run the caller's ``__main__`` (a spawned
+    worker re-imports the calling script, which breaks unguarded scripts and
+    ``python -`` pipes). Elsewhere they are spawned.
+    """
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -126,14 +132,8 @@ class _Prober:
         if self.workers <= 1 or len(paths) < MIN_PARALLEL:
             return map(_probe, paths)
         if self._pool is None:
-            method = (
-                "forkserver"
-                if "forkserver" in multiprocessing.get_all_start_methods()
-                else "spawn"
-            )
-            ctx = multiprocessing.get_context(method)
-            if method == "forkserver":
-                ctx.set_forkserver_preload(["cytostore.data.ingest"])
+            methods = multiprocessing.get_all_start_methods()
+            ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
             self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
         chunksize = max(1, min(64, len(paths) // (self.workers * 8)))
         return self._pool.map(_probe, paths, chunksize=chunksize)
@@ -236,9 +236,9 @@ def _ingest_one(
         store.add_skipped(
             [(listing.dataset, p, "hidden or system file") for p in listing.hidden]
         )
+        existing = store.existing_paths(listing.dataset)
     report.skipped += len(listing.hidden)
     tick(len(listing.hidden))
-    existing = store.existing_paths(listing.dataset)
     todo = [c for c in listing.cells if c.path not in existing]
     report.existing = len(listing.cells) - len(todo)
     tick(report.existing)
@@ -358,9 +358,10 @@ def ingest(
         READERS[f.layout].read(f.anchor, f.files, f.meta_dirs, options) for f in found
     ]
     report = IngestReport(store=str(st.root), warnings=list(warnings))
-    for listing in listings:
-        _check_dataset(st, listing, report.warnings)
-        report.warnings.extend(listing.warnings)
+    with st.connect(read_only=True):
+        for listing in listings:
+            _check_dataset(st, listing, report.warnings)
+            report.warnings.extend(listing.warnings)
     total = sum(len(li.cells) + len(li.hidden) for li in listings)
     done = 0
 
