@@ -286,7 +286,8 @@ def _count_warnings(
     ).rows[0][0]
     if dup:
         out.append(
-            f"{listing.dataset}: {dup} images occur more than once (identical bytes); "
+            f"{listing.dataset}: {dup} distinct images occur more than once "
+            "(identical bytes); "
             "find them with: SELECT sha256, list(path) FROM cells GROUP BY sha256 "
             "HAVING count(*) > 1"
         )

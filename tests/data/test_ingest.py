@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -278,3 +279,28 @@ def test_ingest__parallel_equals_serial(
     query = "SELECT cell_id, path, sha256, width, height FROM cells ORDER BY cell_id"
     assert serial.sql(query).rows == parallel.sql(query).rows
     assert _skipped(serial) == _skipped(parallel)
+
+
+def test_ingest__zip_extracted_into_store_sources(
+    tmp_path: Path, tmp_store: Store, builders: dict[str, Callable[[Path], Path]]
+) -> None:
+    builders["lmu"](tmp_path / "src")
+    archive = shutil.make_archive(
+        str(tmp_path / "AML-Cytomorphology_LMU"), "zip", tmp_path / "src"
+    )
+    shutil.rmtree(tmp_path / "src")
+    report = ingest(tmp_store, archive, workers=1)
+    assert [(d.dataset, d.added) for d in report.datasets] == [("lmu", 6)]
+    # annotations.dat came from inside the zip too: re-annotations are there.
+    assert tmp_store.sql("SELECT count(reannotation1) FROM cells").rows == [(3,)]
+    root = tmp_store.dataset_roots()["lmu"]
+    assert (
+        root
+        == (
+            tmp_store.root
+            / "sources"
+            / "AML-Cytomorphology_LMU"
+            / "PKG - AML-Cytomorphology_LMU"
+        ).resolve()
+    )
+    assert ingest(tmp_store, archive, workers=1).added == 0
