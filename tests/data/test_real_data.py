@@ -170,3 +170,18 @@ def test_real_pbc__folder_layout_cell_types(
         "platelet": "platelet",
     }
     assert {r[5] for r in rows} == {None}
+
+
+def test_real_bm_samples__detected_and_decoded(
+    shared_dir: Path, tmp_path: Path, tmp_store: Store
+) -> None:
+    samples = sorted((shared_dir / "datasets/bm/samples").glob("*.jpg"))
+    anchor = tmp_path / "Bone-Marrow-Cytomorphology" / "jpgs" / "BM_cytomorphology_data"
+    for f in samples:
+        code = f.name.split("_")[0]
+        (anchor / code / "0001-1000").mkdir(parents=True, exist_ok=True)
+        (anchor / code / "0001-1000" / f.name).symlink_to(f)
+    report = ingest(tmp_store, tmp_path, workers=1)
+    assert [(d.dataset, d.added) for d in report.datasets] == [("bm", len(samples))]
+    rows = tmp_store.sql("SELECT DISTINCT width, height, um_per_px FROM cells").rows
+    assert rows == [(250, 250, 0.086)]  # README: 250x250 RGB JPEG [V]
