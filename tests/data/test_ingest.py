@@ -238,7 +238,7 @@ def test_ingest__killed_process_rerun_completes_without_duplicates(
         "m.COMMIT_EVERY = 5\n"
         "def tick(done, total):\n"
         "    print(done, flush=True)\n"
-        "    time.sleep(0.05)\n"
+        "    time.sleep(0.2)\n"
         "m.ingest(sys.argv[1], sys.argv[2], workers=1, progress=tick)\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")
