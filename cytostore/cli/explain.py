@@ -1,4 +1,4 @@
-"""``cytostore explain``: show a prediction with its nearest labelled look-alike cells."""
+"""``cytostore explain``: a prediction with its nearest labelled look-alike cells."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ from cytostore.cli._common import (
 @click.option(
     "--reference-label",
     default=None,
-    help="Column labelling the neighbours (default: the head's label; cell_type for patients).",
+    help="Column labelling the neighbours (default: the head's label; "
+    "cell_type for patients).",
 )
 @click.option(
     "--montage",
@@ -65,7 +66,7 @@ def explain(
     montage: Path | None,
     fmt: str,
 ) -> None:
-    """Explain a prediction with the nearest labelled cells (and attention for patients).
+    """Explain a prediction with its nearest labelled cells (patients: attention).
 
     \b
     Example:

@@ -48,7 +48,8 @@ from cytostore.cli._common import (
 @click.option(
     "--split",
     default=None,
-    help="Published split file or folder of rotations naming patients (instead of --folds).",
+    help="Published split file or folder of rotations naming patients "
+    "(instead of --folds).",
 )
 @click.option(
     "--name",

@@ -1,4 +1,4 @@
-"""``cytostore predict``: apply a saved head and write its predictions to the catalog."""
+"""``cytostore predict``: apply a saved head, write its predictions to the catalog."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def predict(store: Path, head: str, where: str | None, fmt: str) -> None:
 
     \b
     Example:
-        cytostore predict demo-store --head linear-cell_type-tiny --where "dataset='lmu'"
+        cytostore predict demo-store --head knn-label-tiny --where "dataset='lmu'"
         cytostore sql demo-store "SELECT label, count(*) FROM predictions GROUP BY 1"
     """
     from cytostore.heads.predict import predict as run_predict

@@ -35,7 +35,8 @@ from cytostore.cli._common import (
     type=click.Choice(["linear", "knn", "mlp"]),
     default="linear",
     show_default=True,
-    help="Head: L-BFGS logistic regression, cosine kNN (k=20, DINO vote) or one-hidden-layer MLP.",
+    help="Head: L-BFGS logistic regression, cosine kNN (k=20, DINO vote) or "
+    "one-hidden-layer MLP.",
 )
 @where_option
 @click.option(
@@ -51,7 +52,8 @@ from cytostore.cli._common import (
 @click.option(
     "--split",
     default=None,
-    help="stratified, patient, or a published split file/folder (default: patient when the cells have patients, else stratified).",
+    help="stratified, patient, or a published split file/folder (default: "
+    "patient when the cells have patients, else stratified).",
 )
 @click.option(
     "--folds",

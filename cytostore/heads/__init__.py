@@ -1,4 +1,4 @@
-"""Heads on frozen embeddings: linear, kNN, MLP probes, attention-MIL, splits, metrics."""
+"""Heads on frozen embeddings: linear/kNN/MLP probes, attention-MIL, splits, metrics."""
 
 from cytostore.heads.abmil import ABMILHead, GatedAttention
 from cytostore.heads.knn import KNNHead

@@ -45,6 +45,7 @@ class Interval:
             return False
         if self.kind is int and not isinstance(value, numbers.Integral):
             return False
+        value = float(value)
         if self.low is not None:
             if value < self.low or (
                 value == self.low and self.closed in ("right", "neither")
@@ -168,7 +169,7 @@ class BaseHead:
         return [p for p in sig.parameters if p != "self"]
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Return the constructor parameters as a dict (``deep`` is accepted for sklearn)."""
+        """Return the constructor parameters (``deep`` is accepted for sklearn)."""
         return {name: getattr(self, name) for name in self._param_names()}
 
     def set_params(self, **params: Any) -> BaseHead:
@@ -220,8 +221,12 @@ class BaseHead:
         self.classes_ = classes
         return y_idx.astype(np.int64)
 
+    def fit(self, X: Any, y: Any) -> BaseHead:  # pragma: no cover
+        """Fit the head; returns ``self``."""
+        raise NotImplementedError
+
     def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:  # pragma: no cover
-        """Return class probabilities, shape (n, n_classes), columns in ``classes_`` order."""
+        """Return class probabilities, shape (n, n_classes), ``classes_`` order."""
         raise NotImplementedError
 
     def predict(self, X: Any) -> npt.NDArray[Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import duckdb
@@ -13,10 +12,10 @@ __all__ = ["insert_rows"]
 def insert_rows(
     con: duckdb.DuckDBPyConnection,
     table: str,
-    columns: dict[str, Sequence[Any]],
+    columns: dict[str, Any],
     computed: dict[str, str] | None = None,
 ) -> int:
-    """Insert column-wise rows into ``table`` through an Arrow table (fast for 100k rows).
+    """Insert column-wise rows into ``table`` through an Arrow table (fast).
 
     Args:
         con: A connection inside the caller's transaction.

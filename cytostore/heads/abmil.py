@@ -50,6 +50,9 @@ class GatedAttention(nn.Module):
         dropout: Dropout on ``h``.
     """
 
+    mean: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(
         self,
         *,
@@ -96,7 +99,7 @@ def as_bags(bags: Any, n_features: int | None = None) -> list[npt.NDArray[np.flo
     """Return ``bags`` as a list of float32 (n_cells, dim) arrays.
 
     Raises:
-        InvalidArgumentError: If a bag is empty, not 2-D, non-finite, or of the wrong width.
+        InvalidArgumentError: If a bag is empty, not 2-D, non-finite, or too wide.
     """
     if isinstance(bags, np.ndarray) and bags.ndim == 2:
         raise InvalidArgumentError(
@@ -116,7 +119,8 @@ def as_bags(bags: Any, n_features: int | None = None) -> list[npt.NDArray[np.flo
         )
         if width is not None and arr.shape[1] != width:
             raise InvalidArgumentError(
-                f"bag {i} has {arr.shape[1]} features, expected {width}: use embeddings "
+                f"bag {i} has {arr.shape[1]} features, expected {width}: use "
+                "embeddings "
                 "of one model"
             )
         if not np.isfinite(arr).all():
@@ -280,10 +284,8 @@ class ABMILHead(BaseHead):
                 n_classes=n_classes,
                 dropout=self.dropout,
             )
-            module.mean.copy_(torch.from_numpy(stacked.mean(0)))  # type: ignore[operator]
-            module.scale.copy_(  # type: ignore[operator]
-                torch.from_numpy(np.maximum(stacked.std(0), 1e-6))
-            )
+            module.mean.copy_(torch.from_numpy(stacked.mean(0)))
+            module.scale.copy_(torch.from_numpy(np.maximum(stacked.std(0), 1e-6)))
             module.to(device)
             opt = torch.optim.AdamW(
                 module.parameters(), lr=self.lr, weight_decay=self.weight_decay
@@ -358,7 +360,7 @@ class ABMILHead(BaseHead):
         return np.concatenate(probas), attention
 
     def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:
-        """Return bag class probabilities, shape (n_bags, n_classes), ``classes_`` order.
+        """Return bag probabilities, shape (n_bags, n_classes), ``classes_`` order.
 
         Raises:
             NotFittedError: If called before ``fit``.

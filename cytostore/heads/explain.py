@@ -158,7 +158,8 @@ def explain(
     else:
         if not is_mil:
             raise InvalidArgumentError(
-                f"head {head!r} classifies cells: use --cell, or a MIL head for --patient"
+                f"head {head!r} classifies cells: use --cell, or a MIL head for "
+                "--patient"
             )
         out = _explain_patient(
             st, estimator, meta, classes, str(patient), k, top, reference_label, metric
@@ -229,7 +230,8 @@ def _explain_patient(
         )
     except EmptySelectionError:
         raise EmptySelectionError(
-            f"patient {patient!r} has no embedded cells: check the id with 'cytostore sql "
+            f"patient {patient!r} has no embedded cells: check the id with "
+            "'cytostore sql "
             f'STORE "SELECT DISTINCT dataset, {bag} FROM cell_meta"\''
         ) from None
     datasets = sorted({str(d) for d in cells.meta["dataset"]})

@@ -1,4 +1,4 @@
-"""Linear probe: multinomial logistic regression on frozen embeddings, fitted in torch."""
+"""Linear probe: multinomial logistic regression on frozen embeddings, in torch."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 def _l2_values(value: Any) -> bool:
-    """A positive float or a non-empty tuple of positive floats"""
+    """Accept a float >= 0 or a non-empty tuple of them."""
     vals = value if isinstance(value, tuple | list) else (value,)
     return len(vals) > 0 and all(
         isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in vals
@@ -189,10 +189,10 @@ class LinearProbe(BaseHead):
             opt.zero_grad()
             loss = F.cross_entropy(X @ W.T + b, y, weight=weight)
             loss = loss + 0.5 * lam * (W * W).sum()
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             return loss
 
-        opt.step(closure)  # type: ignore[no-untyped-call]
+        opt.step(closure)
         state = opt.state[opt._params[0]]
         return int(state.get("func_evals", 0))
 

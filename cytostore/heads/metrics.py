@@ -1,4 +1,4 @@
-"""Classification metrics (numpy), one-vs-rest AUROC, and bootstrap confidence intervals.
+"""Classification metrics (numpy), one-vs-rest AUROC, bootstrap confidence intervals.
 
 Definitions follow scikit-learn's (tested against it): balanced accuracy is the mean
 recall over classes present in ``y_true``; macro/weighted F1 average over the labels
@@ -145,7 +145,8 @@ def auroc_ovr(
         The mean AUROC over classes with both positives and negatives (NaN if none).
 
     Examples:
-        >>> auroc_ovr(["a", "b", "b"], np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), ["a", "b"])
+        >>> proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+        >>> auroc_ovr(["a", "b", "b"], proba, ["a", "b"])
         1.0
     """
     t = np.asarray(y_true)

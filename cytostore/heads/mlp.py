@@ -40,6 +40,9 @@ class MLP(nn.Module):
         dropout: Dropout after the hidden layer.
     """
 
+    mean: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(
         self, *, dim: int, hidden: int, n_classes: int, dropout: float
     ) -> None:
@@ -55,7 +58,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map embeddings (batch, dim) float32 to logits (batch, n_classes)."""
-        return self.net((x - self.mean) / self.scale)  # type: ignore[no-any-return]
+        out: torch.Tensor = self.net((x - self.mean) / self.scale)
+        return out
 
 
 class MLPHead(BaseHead):
@@ -161,12 +165,8 @@ class MLPHead(BaseHead):
                 n_classes=n_classes,
                 dropout=self.dropout,
             )
-            module.mean.copy_(  # type: ignore[operator]
-                torch.from_numpy(Xf[tr].mean(0))
-            )
-            module.scale.copy_(  # type: ignore[operator]
-                torch.from_numpy(np.maximum(Xf[tr].std(0), 1e-6))
-            )
+            module.mean.copy_(torch.from_numpy(Xf[tr].mean(0)))
+            module.scale.copy_(torch.from_numpy(np.maximum(Xf[tr].std(0), 1e-6)))
             module.to(device)
             opt = torch.optim.AdamW(
                 module.parameters(), lr=self.lr, weight_decay=self.weight_decay

@@ -118,7 +118,8 @@ def _predict_bags(
     skipped = len(bagged.keys) - len(todo)
     if not todo:
         raise EmptySelectionError(
-            f"every selected patient ({skipped}) was used to train head {head!r}: their "
+            f"every selected patient ({skipped}) was used to train head {head!r}: "
+            "their "
             "out-of-fold predictions are in patient_predictions already; select new "
             "patients with --where"
         )

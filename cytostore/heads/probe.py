@@ -1,4 +1,4 @@
-"""``probe``: train and evaluate a cell-level head (linear, kNN, MLP) on frozen embeddings."""
+"""``probe``: train and evaluate a cell-level head (linear, kNN, MLP) on embeddings."""
 
 from __future__ import annotations
 
@@ -200,7 +200,8 @@ def probe(
         }
         if len(shared) < 2:
             raise LabelError(
-                f"train and test share {len(shared)} classes of {label!r} ({shared}): a "
+                f"train and test share {len(shared)} classes of {label!r} "
+                f"({shared}): a "
                 "transfer evaluation needs two or more; check the filters or the label"
             )
         report["classes_kept"] = shared
@@ -236,8 +237,8 @@ def probe(
             )
         y_all = _labels(cells, label)
         if min_count is not None:
-            counts = Counter(y_all.tolist())
-            rare = {c: n for c, n in counts.items() if n < min_count}
+            per_class = Counter(y_all.tolist())
+            rare = {c: n for c, n in per_class.items() if n < min_count}
             if rare:
                 excluded["rare_class"] = rare
                 cells = cells.take(~np.isin(y_all, list(rare)))

@@ -146,7 +146,8 @@ def load_head(store: Store, name: str) -> tuple[Any, dict[str, Any]]:
     if not rows:
         known = [h["name"] for h in list_heads(store)]
         raise UnknownHeadError(
-            f"no head named {name!r} in {store.root}: known heads are {known or 'none'}; "
+            f"no head named {name!r} in {store.root}: known heads are "
+            f"{known or 'none'}; "
             "train one with 'cytostore probe' or 'cytostore mil'"
         )
     folder = store.root / rows[0][0]

@@ -1,4 +1,4 @@
-"""Reports of the heads: fold aggregation, per-group (bias) metrics, confusion-matrix PNG.
+"""Reports of the heads: fold aggregation, per-group (bias) metrics, confusion PNG.
 
 Every head's report has the same schema: top-level floats ``accuracy``,
 ``balanced_accuracy``, ``macro_f1``, ``weighted_f1`` (mean over folds) with
@@ -89,7 +89,8 @@ def by_group(
     Missing group values are reported under ``"(missing)"``.
 
     Examples:
-        >>> r = by_group(np.array(["a", "b"]), np.array(["a", "a"]), np.array(["f", "m"]))
+        >>> t, p = np.array(["a", "b"]), np.array(["a", "a"])
+        >>> r = by_group(t, p, np.array(["f", "m"]))
         >>> r["f"]["accuracy"], r["m"]["accuracy"], r["m"]["n"]
         (1.0, 0.0, 1)
     """

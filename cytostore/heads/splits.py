@@ -118,7 +118,8 @@ def check_class_counts(
     small = {str(c): int(n) for c, n in zip(classes, counts, strict=True) if n < needed}
     if small:
         raise LabelError(
-            f"classes with fewer members than {what} ({needed}): {small}; merge or drop "
+            f"classes with fewer members than {what} ({needed}): {small}; merge or "
+            "drop "
             f"them (e.g. with --where), or pass --min-count {needed} to exclude them"
         )
 
@@ -269,7 +270,8 @@ def _read_file(path: Path) -> dict[str, list[str]]:
         word = _SPLIT_WORDS.get(r[split_col].strip().lower())
         if word is None:
             raise SplitError(
-                f"{path}: split value {r[split_col]!r} is not train/val/test: fix the file"
+                f"{path}: split value {r[split_col]!r} is not train/val/test: fix "
+                "the file"
             )
         parts[word].append(r[key_col].strip())
     return dict(parts)
@@ -328,7 +330,8 @@ def read_split_specs(path: str | Path) -> list[SplitSpec]:
         ]
         if not files:
             raise SplitError(
-                f"no split files in {p}: expected *_train/*_test TSV/CSV files or files "
+                f"no split files in {p}: expected *_train/*_test TSV/CSV files or "
+                "files "
                 "with a 'split' column"
             )
     groups: dict[str, SplitSpec] = {}
@@ -348,7 +351,8 @@ def read_split_specs(path: str | Path) -> list[SplitSpec]:
 def _finish(spec: SplitSpec) -> SplitSpec:
     if "test" not in spec.parts and "train" not in spec.parts:
         raise SplitError(
-            f"split {spec.name!r} ({spec.sources}) names neither train nor test rows: fix the file"
+            f"split {spec.name!r} ({spec.sources}) names neither train nor test "
+            "rows: fix the file"
         )
     if "test" not in spec.parts:
         spec.complement = "test"
@@ -425,8 +429,10 @@ def assign_split(
     if train.size == 0 or test.size == 0:
         total = sum(len(v) for v in spec.parts.values())
         raise SplitError(
-            f"split {spec.name!r}: {unmatched} of {total} entries match no selected cell "
+            f"split {spec.name!r}: {unmatched} of {total} entries match no selected "
+            "cell "
             f"or patient, leaving {train.size} train and {test.size} test rows; check "
-            "that the file names the cells of this store (paths, file names or patient ids)"
+            "that the file names the cells of this store (paths, file names or "
+            "patient ids)"
         )
     return Fold(spec.name, train, test, val_rows if val_rows.size else None), counts

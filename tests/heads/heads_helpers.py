@@ -15,7 +15,7 @@ SUBTYPES = ("NPM1", "control")
 def gaussian_classes(
     n_per_class: int, dim: int = 16, n_classes: int = 4, sep: float = 3.0, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian blobs with well separated means: ``(X (n, dim) float32, y (n,) str)``."""
+    """Gaussian blobs: ``(X (n, dim) float32, y (n,) str)``."""
     rng = np.random.default_rng(seed)
     means = rng.normal(0, sep, (n_classes, dim))
     X = np.concatenate([rng.normal(m, 1.0, (n_per_class, dim)) for m in means])

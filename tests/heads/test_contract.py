@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from heads_helpers import gaussian_classes, planted_bags
 
 from cytostore.errors import InvalidArgumentError, LabelError, NotFittedError
 from cytostore.heads import ABMILHead, KNNHead, LinearProbe, MLPHead
-from heads_helpers import gaussian_classes, planted_bags
 
 
 def _cells(seed: int = 0) -> tuple[Any, Any]:

@@ -151,7 +151,8 @@ def test_predict__writes_one_row_per_selected_cell(probe_store: Store) -> None:
     out = predict(probe_store, "k", where="dataset = 'lmu'")
     assert out["n_predicted"] == 80
     rows = probe_store.sql(
-        "SELECT count(*), min(probability), max(probability) FROM predictions WHERE head = 'k'"
+        "SELECT count(*), min(probability), max(probability) FROM predictions "
+        "WHERE head = 'k'"
     ).rows[0]
     assert rows[0] == 80 and 0 < rows[1] <= rows[2] <= 1
     agree = probe_store.sql(
