@@ -17,6 +17,7 @@ Images are fully decoded (``Image.load``), so truncated or corrupt files raise
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import mmap
 import os
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2"}
 )
+_SMALL_FILE_BYTES = 256 * 1024
 _HIDDEN_NAMES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db"})
 _DECODE_ERRORS = (
     OSError,
@@ -124,7 +126,7 @@ def to_rgb(img: Image.Image) -> npt.NDArray[np.uint8]:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def _open_loaded(source: str | Path, name: str) -> Image.Image:
+def _open_loaded(source: str | Path | io.BytesIO, name: str) -> Image.Image:
     _ensure_strict_loading()
     try:
         img = Image.open(source)
@@ -201,16 +203,24 @@ def probe_image(path: str | Path) -> tuple[int, int, str]:
             truncated or corrupt.
     """
     p = Path(path)
+    source: Path | io.BytesIO = p
     try:
         with p.open("rb") as fh:
-            if os.fstat(fh.fileno()).st_size == 0:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
                 raise ImageDecodeError("empty file (0 bytes)")
-            # Hash through a read-only memory map (no copy of the bytes) and let
-            # Pillow open the path itself: it memory-maps uncompressed TIFFs, which
-            # halves the cost of LMU's 640 kB files against reading them into bytes.
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                digest = hashlib.sha256(mm).hexdigest()
+            if size <= _SMALL_FILE_BYTES:
+                # Small (compressed) files: read once, hash and decode the same bytes.
+                data = fh.read()
+                digest = hashlib.sha256(data).hexdigest()
+                source = io.BytesIO(data)
+            else:
+                # Large files: hash through a read-only memory map (no copy) and let
+                # Pillow open the path, which it memory-maps for uncompressed TIFFs
+                # (half the cost of reading LMU's 640 kB TIFFs into bytes).
+                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                    digest = hashlib.sha256(mm).hexdigest()
     except OSError as exc:
         raise ImageDecodeError(f"cannot read {p} ({exc.strerror or exc})") from None
-    with _open_loaded(p, p.name) as img:
+    with _open_loaded(source, p.name) as img:
         return int(img.width), int(img.height), digest
