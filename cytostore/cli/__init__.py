@@ -18,6 +18,7 @@ from cytostore.cli.mil import mil
 from cytostore.cli.models import models
 from cytostore.cli.neighbors import neighbors
 from cytostore.cli.predict import predict
+from cytostore.cli.pretrain import pretrain
 from cytostore.cli.probe import probe
 from cytostore.cli.search import search
 from cytostore.cli.sql import sql
@@ -59,6 +60,7 @@ for _command in (
     models,
     neighbors,
     predict,
+    pretrain,
     probe,
     search,
     sql,

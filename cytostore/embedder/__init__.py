@@ -7,6 +7,7 @@ from cytostore.embedder.device import resolve_device
 from cytostore.embedder.embed import embed
 from cytostore.embedder.encoder import Encoder
 from cytostore.embedder.preprocess import Preprocessing
+from cytostore.embedder.pretrain import pretrain
 from cytostore.embedder.query import SearchResult, search
 from cytostore.embedder.registry import (
     list_models,
@@ -26,6 +27,7 @@ __all__ = [
     "build_cache",
     "embed",
     "list_models",
+    "pretrain",
     "load_card",
     "register_model",
     "register_random_model",

@@ -1,0 +1,219 @@
+"""``cytostore pretrain``: self-supervised pretraining of a backbone on a store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cytostore.cli._common import (
+    device_option,
+    echo_summary,
+    format_option,
+    progress_bar,
+    render_report,
+    seed_option,
+    store_argument,
+    where_option,
+)
+
+# Kept here (not imported) so that `cytostore --help` does not import torch; a test
+# checks they equal cytostore.embedder.pretrain.PRETRAIN_METHODS and BACKBONES.
+METHOD_CHOICES = ("simclr", "byol", "dino", "vicreg", "barlowtwins", "moco", "none")
+BACKBONE_CHOICES = ("tiny", "resnet18", "resnet34", "resnet50", "vit_s16")
+
+
+@click.command("pretrain")
+@store_argument
+@click.option("--name", required=True, help="Name to register the model under.")
+@click.option(
+    "--method",
+    type=click.Choice(METHOD_CHOICES),
+    default="simclr",
+    show_default=True,
+    help="Self-supervised method; none registers the random-init baseline.",
+)
+@click.option(
+    "--backbone",
+    type=click.Choice(BACKBONE_CHOICES),
+    default="resnet18",
+    show_default=True,
+    help="Backbone network (tiny: a 4-layer CNN for tests and demos).",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Total epochs [default: 100, or as many as fit in --max-minutes].",
+)
+@click.option(
+    "--max-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Time budget in minutes; training stops cleanly when it is spent.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=2),
+    default=128,
+    show_default=True,
+    help="Cells per batch and device.",
+)
+@click.option(
+    "--crop-px",
+    type=click.IntRange(min=16),
+    default=64,
+    show_default=True,
+    help="Input size in pixels (the crop covers --fov-um µm).",
+)
+@click.option(
+    "--fov-um",
+    type=float,
+    default=24.0,
+    show_default=True,
+    help="Field of view of the input in µm (images of unknown µm/px: resized whole).",
+)
+@click.option(
+    "--lr",
+    type=float,
+    default=None,
+    help="Peak AdamW learning rate [default: the method's, scaled by batch/256].",
+)
+@where_option
+@click.option(
+    "--balance",
+    type=click.Choice(["dataset", "none"]),
+    default="dataset",
+    show_default=True,
+    help="dataset: each dataset equally likely per batch; none: as the data lies.",
+)
+@click.option(
+    "--init",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Start from local torchvision-format weights (WEIGHTS.pt).",
+)
+@device_option
+@click.option(
+    "--devices", type=int, default=None, help="Devices for DDP (e.g. 4 GPUs)."
+)
+@click.option(
+    "--strategy",
+    default="auto",
+    show_default=True,
+    help="Lightning strategy (ddp, ...).",
+)
+@click.option(
+    "--num-nodes",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Nodes for multi-node DDP.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="auto: bf16/fp16 AMP on GPUs, bf16 on CPUs that have it natively, else fp32.",
+)
+@click.option("--resume", is_flag=True, help="Continue the interrupted run of --name.")
+@click.option("--overwrite", is_flag=True, help="Replace a model of the same name.")
+@click.option(
+    "--monitor-cells",
+    type=click.IntRange(min=0),
+    default=512,
+    show_default=True,
+    help="Labelled cells held out for the per-epoch kNN monitor (0: none).",
+)
+@seed_option
+@format_option("table", "json")
+def pretrain(
+    store: Path,
+    name: str,
+    method: str,
+    backbone: str,
+    epochs: int | None,
+    max_minutes: float | None,
+    batch_size: int,
+    crop_px: int,
+    fov_um: float,
+    lr: float | None,
+    where: str | None,
+    balance: str,
+    init: Path | None,
+    device: str,
+    devices: int | None,
+    strategy: str,
+    num_nodes: int,
+    precision: str,
+    resume: bool,
+    overwrite: bool,
+    monitor_cells: int,
+    seed: int,
+    fmt: str,
+) -> None:
+    """Pretrain a backbone without labels (lightly SSL) and register it as a model.
+
+    Writes STORE/models/NAME/ (weights, card.json, curves.png); the defaults are
+    the CPU recipe of docs/recipes.md.
+
+    \b
+    Example:
+        cytostore pretrain demo-store --name tiny-simclr --backbone tiny --epochs 2
+        cytostore pretrain my-store --name r18 --max-minutes 15
+        cytostore pretrain my-store --name r18 --max-minutes 15 --resume
+        cytostore pretrain big-store --name r50 --backbone resnet50 --crop-px 128 \\
+            --batch-size 256 --epochs 100 --devices 4 --strategy ddp
+        cytostore pretrain my-store --name random-r18 --method none
+    """
+    from cytostore.embedder.pretrain import pretrain as run_pretrain
+
+    with progress_bar("pretrain", unit="") as progress:
+        card = run_pretrain(
+            store,
+            name,
+            method=method,
+            backbone=backbone,
+            epochs=epochs,
+            max_minutes=max_minutes,
+            batch_size=batch_size,
+            where=where,
+            balance=balance,
+            init=init,
+            crop_px=crop_px,
+            fov_um=fov_um,
+            lr=lr,
+            seed=seed,
+            device=device,
+            devices=devices,
+            strategy=strategy,
+            num_nodes=num_nodes,
+            precision=precision,
+            resume=resume,
+            overwrite=overwrite,
+            monitor_cells=monitor_cells,
+            progress=progress,
+        )
+    doc = card.to_dict()
+    shown = {
+        k: doc[k]
+        for k in (
+            "name",
+            "method",
+            "backbone",
+            "dim",
+            "data",
+            "epochs",
+            "wall_s",
+            "final_loss",
+            "sha256",
+        )
+    }
+    shown["knn_monitor"] = card.knn_accuracy
+    click.echo(render_report(doc if fmt == "json" else shown, fmt))
+    knn = "" if card.knn_accuracy is None else f", kNN monitor {card.knn_accuracy:.3f}"
+    echo_summary(
+        f"registered {card.name}: {card.method}/{card.backbone}, {card.epochs} epochs "
+        f"in {card.wall_s:.0f} s{knn}"
+    )

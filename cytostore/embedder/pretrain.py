@@ -1,0 +1,407 @@
+"""``pretrain``: self-supervised pretraining of a backbone on a store's cells.
+
+One call selects cells (``where``), caches them once at the model's preprocessing,
+holds out a few hundred labelled cells for the kNN monitor, trains with a lightly
+method on PyTorch Lightning (domain-balanced batches, batched on-device
+augmentations), and registers the backbone with its model card and loss/kNN curves
+(``STORE/models/NAME/``). The defaults are the CPU recipe of ``docs/recipes.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytorch_lightning as pl
+
+from cytostore.embedder.augment import AugmentConfig
+from cytostore.embedder.backbones import BACKBONES, build_backbone
+from cytostore.embedder.cache import build_cache
+from cytostore.embedder.card import ModelCard
+from cytostore.embedder.methods import METHODS, build_method
+from cytostore.embedder.monitor import TrainingHistory, write_curves
+from cytostore.embedder.preprocess import DEFAULT_FOV_UM, Preprocessing
+from cytostore.embedder.registry import (
+    model_dir,
+    register_model,
+    register_random_model,
+)
+from cytostore.embedder.sampling import BALANCES
+from cytostore.embedder.train import TrainConfig, train_ssl, unwrap_backbone
+from cytostore.errors import EmptySelectionError, InvalidArgumentError
+from cytostore.store import Store
+
+__all__ = [
+    "pretrain",
+    "PRETRAIN_METHODS",
+    "DEFAULT_METHOD",
+    "DEFAULT_BACKBONE",
+    "DEFAULT_CROP_PX",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_EPOCHS",
+    "default_augment",
+    "CURVES_FILE",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Methods ``pretrain`` accepts: the lightly methods and ``none`` (random init).
+PRETRAIN_METHODS = (*METHODS, "none")
+#: The default CPU recipe (see docs/recipes.md for the measurements behind it).
+DEFAULT_METHOD = "simclr"
+DEFAULT_BACKBONE = "resnet18"
+DEFAULT_CROP_PX = 64
+DEFAULT_BATCH_SIZE = 128
+DEFAULT_EPOCHS = 100
+#: Loss and kNN curves, written beside the card.
+CURVES_FILE = "curves.png"
+_MIN_MONITOR = 20
+
+
+def default_augment(crop_px: int) -> tuple[AugmentConfig, AugmentConfig]:
+    """Return the default (global, local) view augmentations for ``crop_px`` inputs."""
+    return (
+        AugmentConfig(out_px=crop_px, scale=(0.3, 1.0)),
+        AugmentConfig(out_px=max(16, crop_px // 2), scale=(0.08, 0.3), blur_p=0.2),
+    )
+
+
+def pretrain(
+    store: Store | str | os.PathLike[str],
+    name: str,
+    *,
+    method: str = DEFAULT_METHOD,
+    backbone: str = DEFAULT_BACKBONE,
+    epochs: int | None = None,
+    max_minutes: float | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    where: str | None = None,
+    balance: str = "dataset",
+    init: str | os.PathLike[str] | None = None,
+    crop_px: int = DEFAULT_CROP_PX,
+    fov_um: float = DEFAULT_FOV_UM,
+    lr: float | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    devices: int | None = None,
+    strategy: str = "auto",
+    num_nodes: int = 1,
+    precision: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    monitor_cells: int = 512,
+    label_column: str = "label",
+    workers: int | None = None,
+    callbacks: Sequence[pl.Callback] = (),
+    progress: Callable[[int, int], None] | None = None,
+    progress_bar: bool = False,
+) -> ModelCard:
+    """Pretrain a backbone without labels on a store's cells and register it.
+
+    Args:
+        store: The store (or its folder).
+        name: Name to register the model under (``STORE/models/NAME/``).
+        method: ``simclr``, ``byol``, ``dino``, ``vicreg``, ``barlowtwins``, ``moco``,
+            or ``none`` (register the seeded random init: the baseline).
+        backbone: ``tiny``, ``resnet18``, ``resnet34``, ``resnet50`` or ``vit_s16``.
+        epochs: Total epochs (an epoch draws as many cells as are selected).
+            ``None`` with ``max_minutes``: as many as fit; both ``None``:
+            :data:`DEFAULT_EPOCHS`.
+        max_minutes: Time budget of the whole call in minutes (cache, training,
+            registration); training stops cleanly when it is spent. On
+            ``resume`` the training time of the earlier run counts too.
+        batch_size: Cells per batch and device; shrunk (with a warning) when
+            fewer cells are selected.
+        where: SQL filter over ``cell_meta`` selecting the training cells.
+        balance: ``dataset``: each dataset equally likely in every batch; ``none``:
+            cells as they come.
+        init: Local torchvision-format weights to start from (``None``: random).
+        crop_px: Input size in pixels; the crop covers ``fov_um`` µm (images of
+            unknown µm/px are resized whole).
+        fov_um: Field of view of the input in µm.
+        lr: Peak AdamW learning rate (``None``: the method's default, scaled by
+            ``batch_size / 256``).
+        seed: Seed of the init, batch draws and augmentations.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        devices: Number of devices for DDP (``None``: the one ``device`` names).
+        strategy: Lightning strategy (``auto``, ``ddp``, ...).
+        num_nodes: Nodes for multi-node DDP.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        resume: Continue the interrupted (or finished) run of ``name``.
+        overwrite: Replace a registered model of the same name.
+        monitor_cells: Labelled cells held out of training for the kNN monitor (at
+            most a fifth of the labelled cells; 0 disables the monitor).
+        label_column: ``cell_meta`` column holding the monitor's labels.
+        workers: Processes decoding images into the cache (``None``: automatic).
+        callbacks: Extra Lightning callbacks.
+        progress: Called with ``(done, total)``: cells cached, then thousandths of
+            the training run.
+        progress_bar: Show Lightning's own progress bar.
+
+    Returns:
+        The registered model's card (method, backbone, preprocessing, data, epochs,
+        wall_s, final_loss, knn_monitor, versions, sha256, ...).
+
+    Raises:
+        InvalidArgumentError: If an argument is invalid (unknown method, backbone
+            or balance; non-positive epochs or minutes; a taken name).
+        InvalidWhereError: If ``where`` does not parse.
+        EmptySelectionError: If ``where`` selects no cells, or fewer than 2 readable.
+        ConfigMismatchError: If ``resume`` meets a run of another configuration.
+        TrainingDivergedError: If the loss becomes NaN (last checkpoint kept).
+    """
+    started = time.monotonic()
+    _validate(method, backbone, balance, epochs, max_minutes, batch_size)
+    store = store if isinstance(store, Store) else Store.open(store)
+    folder = model_dir(store, name)
+    registered = name in {r[0] for r in store.sql("SELECT name FROM models").rows}
+    if registered and not (overwrite or resume):
+        raise InvalidArgumentError(
+            f"a model named {name!r} exists: choose another --name, continue its "
+            "run with --resume, or replace it with --overwrite"
+        )
+    prep = Preprocessing.for_input(crop_px, fov_um)
+    if overwrite and not resume:
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    if method == "none":
+        return _register_baseline(store, name, backbone, prep, init, seed, overwrite)
+
+    ids = store.where_ids(where)
+    cache = build_cache(store, prep, ids, workers=workers, progress=progress)
+    present = ids[cache.contains(ids)]
+    if len(present) < len(ids):
+        logger.warning(
+            "%d of %d selected cells could not be read and are left out (see the "
+            "skipped table)",
+            len(ids) - len(present),
+            len(ids),
+        )
+    if len(present) < 2:
+        raise EmptySelectionError(
+            f"only {len(present)} readable cell(s) selected: self-supervised "
+            "training needs at least 2; widen --where or ingest more cells"
+        )
+    meta = store.cell_meta(present, ["dataset", label_column])
+    datasets = np.asarray([r[0] for r in meta.rows])
+    labels = np.asarray([r[1] for r in meta.rows], dtype=object)
+    monitor_idx = _monitor_split(labels, monitor_cells, seed)
+    train_mask = np.ones(len(present), dtype=bool)
+    train_mask[monitor_idx] = False
+    train_rows = cache.index_of(present[train_mask])
+    batch = _fit_batch(batch_size, int(train_mask.sum()))
+
+    global_aug, local_aug = default_augment(crop_px)
+    config = TrainConfig(
+        method=method,
+        batch_size=batch,
+        lr=lr,
+        balance=balance,
+        seed=seed,
+        augment=global_aug,
+        local_augment=local_aug if method == "dino" else None,
+    )
+    run_config = {
+        **config.to_dict(),
+        "backbone": backbone,
+        "preprocessing": prep.to_dict(),
+        "where": where,
+        "init": str(init) if init is not None else None,
+        "monitor_cells": monitor_cells,
+        "label_column": label_column,
+    }
+    module, dim = build_backbone(backbone, init, crop_px=crop_px, seed=seed)
+    ssl = build_method(
+        method, module, dim, gather_distributed=_world(devices, num_nodes) > 1
+    )
+    monitor_u8 = cache.rows(present[monitor_idx]) if len(monitor_idx) else None
+    history = TrainingHistory(
+        monitor_u8,
+        [str(v) for v in labels[monitor_idx]],
+        prep.mean,
+        prep.std,
+        k=20,
+        curves_path=folder / CURVES_FILE,
+    )
+    max_s = None
+    if max_minutes is not None:
+        reserve_s = 2.0 + 0.02 * max_minutes * 60
+        max_s = max(1.0, max_minutes * 60 - (time.monotonic() - started) - reserve_s)
+    if epochs is None and max_minutes is None:
+        epochs = DEFAULT_EPOCHS
+    result = train_ssl(
+        ssl,
+        cache.array,
+        datasets[train_mask],
+        config,
+        prep.mean,
+        prep.std,
+        folder,
+        rows=train_rows,
+        epochs=epochs,
+        max_s=max_s,
+        resume=resume,
+        run_config=run_config,
+        history=history,
+        device=device,
+        devices=devices,
+        strategy=strategy,
+        num_nodes=num_nodes,
+        precision=precision,
+        callbacks=callbacks,
+        progress=progress,
+        progress_bar=progress_bar,
+    )
+    write_curves(
+        result.epochs, folder / CURVES_FILE, title=f"{name}: {method}/{backbone}"
+    )
+    data = dict(sorted(Counter(datasets[train_mask].tolist()).items()))
+    knn_hist = [e["knn"] for e in result.epochs]
+    card = register_model(
+        store,
+        name,
+        unwrap_backbone(ssl),
+        {
+            "method": method,
+            "backbone": backbone,
+            "dim": dim,
+            "preprocessing": prep,
+            "data": data,
+            "epochs": len(result.epochs),
+            "wall_s": round(result.wall_s, 2),
+            "final_loss": None if math.isnan(result.final_loss) else result.final_loss,
+            "knn_monitor": _knn_card(history, knn_hist, label_column, len(monitor_idx)),
+            "seed": seed,
+            "init": str(init) if init is not None else None,
+            "config": run_config,
+            "steps": result.steps,
+            "stopped_by": result.stopped_by,
+            "loss_history": [round(e["loss"], 5) for e in result.epochs],
+            "skipped_cells": int(len(ids) - len(present)),
+            "curves": f"models/{name}/{CURVES_FILE}",
+        },
+        overwrite=True,
+    )
+    return card
+
+
+def _validate(
+    method: str,
+    backbone: str,
+    balance: str,
+    epochs: int | None,
+    max_minutes: float | None,
+    batch_size: int,
+) -> None:
+    if method not in PRETRAIN_METHODS:
+        raise InvalidArgumentError(
+            f"unknown method {method!r}: choose one of {', '.join(PRETRAIN_METHODS)}"
+        )
+    if backbone not in BACKBONES:
+        raise InvalidArgumentError(
+            f"unknown backbone {backbone!r}: choose one of {', '.join(BACKBONES)}"
+        )
+    if balance not in BALANCES:
+        raise InvalidArgumentError(
+            f"unknown balance {balance!r}: choose one of {', '.join(BALANCES)}"
+        )
+    if epochs is not None and epochs < 1:
+        raise InvalidArgumentError(f"--epochs must be >= 1, got {epochs}")
+    if max_minutes is not None and not max_minutes > 0:
+        raise InvalidArgumentError(f"--max-minutes must be > 0, got {max_minutes}")
+    if batch_size < 2:
+        raise InvalidArgumentError(
+            f"--batch-size must be >= 2 (views are contrasted in a batch), "
+            f"got {batch_size}"
+        )
+
+
+def _register_baseline(
+    store: Store,
+    name: str,
+    backbone: str,
+    prep: Preprocessing,
+    init: str | os.PathLike[str] | None,
+    seed: int,
+    overwrite: bool,
+) -> ModelCard:
+    if init is None:
+        return register_random_model(
+            store, name, backbone, seed=seed, preprocessing=prep, overwrite=overwrite
+        )
+    module, dim = build_backbone(backbone, init, crop_px=prep.crop_px, seed=seed)
+    return register_model(
+        store,
+        name,
+        module,
+        {
+            "method": "none",
+            "backbone": backbone,
+            "dim": dim,
+            "preprocessing": prep,
+            "seed": seed,
+            "init": str(init),
+        },
+        overwrite=overwrite,
+    )
+
+
+def _monitor_split(
+    labels: npt.NDArray[Any], monitor_cells: int, seed: int
+) -> npt.NDArray[np.int64]:
+    """Pick held-out labelled cells for the kNN monitor (at most a fifth of them)."""
+    labelled = np.flatnonzero(np.asarray([v is not None and v == v for v in labels]))
+    n = min(monitor_cells, len(labelled) // 5)
+    if n < _MIN_MONITOR or len({labels[i] for i in labelled}) < 2:
+        return np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(labelled, size=n, replace=False)).astype(np.int64)
+
+
+def _fit_batch(batch_size: int, n_train: int) -> int:
+    if n_train < 2:
+        raise EmptySelectionError(
+            f"only {n_train} cell(s) left to train on: self-supervised training "
+            "needs at least 2; widen --where or ingest more cells"
+        )
+    if n_train < batch_size:
+        logger.warning(
+            "only %d cells to train on: batch size shrunk from %d to %d",
+            n_train,
+            batch_size,
+            n_train,
+        )
+        return n_train
+    return batch_size
+
+
+def _world(devices: int | None, num_nodes: int) -> int:
+    return (devices or 1) * num_nodes
+
+
+def _knn_card(
+    history: TrainingHistory, knn_hist: list[float | None], label: str, cells: int
+) -> dict[str, Any] | None:
+    if not history.has_monitor:
+        return None
+    final = next((v for v in reversed(knn_hist) if v is not None), None)
+    return {
+        "accuracy": final,
+        "k": history.k,
+        "label": label,
+        "cells": cells,
+        "history": knn_hist,
+    }
+
+
+def curves_path(store: Store, name: str) -> Path:
+    """Return ``STORE/models/NAME/curves.png``."""
+    return model_dir(store, name) / CURVES_FILE

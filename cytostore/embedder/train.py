@@ -1,0 +1,543 @@
+"""The training loop: a LightningModule that augments cached cells on the device.
+
+The data loader only hands out uint8 rows of the cache (a memory-map slice, no
+workers needed); :class:`SSLModule` turns each batch into views with
+:class:`~cytostore.embedder.augment.BatchAugment` on the training device and calls the
+method's loss. PyTorch Lightning brings multi-GPU / multi-node DDP, mixed precision,
+checkpointing, the time budget (``max_time``) and the progress bar.
+
+Learning rate and momentum follow the run's ``progress`` in [0, 1]: the fraction of
+steps done for a fixed number of epochs, or the fraction of the time budget used
+(``max_s``), whichever is further, so a time-budgeted run still warms up and anneals.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytorch_lightning as pl
+import torch
+from lightly.models.utils import get_weight_decay_parameters
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from cytostore.embedder.augment import AugmentConfig, BatchAugment
+from cytostore.embedder.device import resolve_device, resolve_precision
+from cytostore.embedder.methods import SSLMethod
+from cytostore.embedder.monitor import TrainingHistory
+from cytostore.embedder.sampling import BatchSampler, CachedRows
+from cytostore.errors import ConfigMismatchError, TrainingDivergedError
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "SSLModule",
+    "train_ssl",
+    "lightning_hardware",
+    "config_difference",
+    "CHECKPOINT_NAME",
+]
+
+logger = logging.getLogger(__name__)
+
+#: File name of the resumable checkpoint inside a run's checkpoint folder.
+CHECKPOINT_NAME = "last.ckpt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run (compared on ``--resume``).
+
+    Attributes:
+        method: Self-supervised method name (see ``METHODS``).
+        batch_size: Cells per batch and device (each gives two or more views).
+        lr: AdamW peak learning rate; ``None``: the method's default scaled by
+            ``batch_size / 256``.
+        weight_decay: AdamW weight decay (not applied to norms and biases).
+        warmup: Fraction of the run with a linear learning-rate warm-up.
+        balance: ``"dataset"`` (each dataset equally likely per draw) or ``"none"``.
+        seed: Seed of the init, the batch draws and the augmentations.
+        augment: The two global views.
+        local_augment: The small crops of multi-crop methods (DINO).
+        method_kwargs: Method hyperparameters (e.g. ``{"temperature": 0.1}``).
+    """
+
+    method: str = "simclr"
+    batch_size: int = 128
+    lr: float | None = None
+    weight_decay: float = 0.05
+    warmup: float = 0.05
+    balance: str = "dataset"
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    local_augment: AugmentConfig | None = None
+    method_kwargs: dict[str, float | int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict of the configuration."""
+        doc = asdict(self)
+        doc["augment"] = self.augment.to_dict()
+        doc["local_augment"] = (
+            self.local_augment.to_dict() if self.local_augment is not None else None
+        )
+        return json.loads(json.dumps(doc))  # tuples → lists, as stored
+
+
+@dataclass
+class TrainResult:
+    """What a run produced.
+
+    Attributes:
+        epochs: Per-epoch history (``epoch``, ``loss``, ``steps``, ``knn``,
+            ``elapsed_s``).
+        steps: Optimizer steps done in all (resumed runs included).
+        wall_s: Training seconds in all (resumed runs included).
+        final_loss: Mean loss of the last epoch (NaN if none finished).
+        knn_final: kNN monitor accuracy after the last epoch, or ``None``.
+        stopped_by: ``"epochs"`` or ``"time"``.
+        checkpoint: Path of the last checkpoint.
+    """
+
+    epochs: list[dict[str, Any]]
+    steps: int
+    wall_s: float
+    final_loss: float
+    knn_final: float | None
+    stopped_by: str
+    checkpoint: Path
+
+
+def lightning_hardware(
+    device: str = "auto", precision: str = "auto"
+) -> tuple[str, int | list[int], str]:
+    """Map a device and precision to Lightning's ``(accelerator, devices, precision)``.
+
+    Uses :func:`cytostore.embedder.device.resolve_precision`: bf16 autocast on the
+    CPU only where it is native (elsewhere it is many times slower than fp32).
+
+    Raises:
+        InvalidArgumentError: If the device or precision is unknown or unavailable.
+
+    Examples:
+        >>> lightning_hardware("cpu", "fp32")
+        ('cpu', 1, '32-true')
+    """
+    dev = resolve_device(device)
+    concrete = resolve_precision(precision, dev)
+    lightning_precision = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+    if dev.type == "cuda":
+        return (
+            "gpu",
+            [dev.index] if dev.index is not None else 1,
+            lightning_precision[concrete],
+        )
+    return dev.type, 1, lightning_precision[concrete]
+
+
+def config_difference(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Return ``"key: saved → wanted"`` for every top-level key that differs.
+
+    Examples:
+        >>> config_difference({"a": 1, "b": 2}, {"a": 1, "b": 3})
+        ['b: 2 -> 3']
+    """
+    keys = sorted(set(saved) | set(wanted))
+    return [
+        f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}"
+        for k in keys
+        if saved.get(k) != wanted.get(k)
+    ]
+
+
+class SSLModule(pl.LightningModule):
+    """Lightning wrapper: augment uint8 batches on the device, compute the SSL loss.
+
+    Args:
+        method: The self-supervised method (holds the backbone).
+        config: The run's configuration.
+        mean: Normalisation mean of the preprocessing.
+        std: Normalisation standard deviation.
+        total_steps: Optimizer steps of the whole run, if it is epoch-bounded.
+        budget_s: Training seconds of the whole run, if it is time-bounded.
+    """
+
+    def __init__(
+        self,
+        method: SSLMethod,
+        config: TrainConfig,
+        mean: Sequence[float],
+        std: Sequence[float],
+        total_steps: int | None = None,
+        budget_s: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.method = method
+        self.config = config
+        self.global_aug = BatchAugment(config.augment, list(mean), list(std))
+        self.local_aug = (
+            BatchAugment(config.local_augment, list(mean), list(std))
+            if config.local_augment is not None and method.n_local_views > 0
+            else None
+        )
+        self.total_steps = total_steps
+        self.budget_s = budget_s
+        self.lr = (
+            config.lr
+            if config.lr is not None
+            else method.default_lr * config.batch_size / 256
+        )
+        self.elapsed_before_s = 0.0
+        self._fit_started: float | None = None
+
+    # ----------------------------------------------------------------- clock
+    @property
+    def elapsed_s(self) -> float:
+        """Training seconds so far, resumed runs included."""
+        now = 0.0 if self._fit_started is None else time.monotonic() - self._fit_started
+        return self.elapsed_before_s + now
+
+    def progress(self) -> float:
+        """Fraction of the run done, in [0, 1]."""
+        parts = [0.0]
+        if self.total_steps:
+            parts.append(self.global_step / self.total_steps)
+        if self.budget_s:
+            parts.append(self.elapsed_s / self.budget_s)
+        return min(1.0, max(parts))
+
+    def _lr_at(self, progress: float) -> float:
+        warm = self.config.warmup
+        if warm > 0 and progress < warm:
+            return self.lr * max(progress / warm, 0.01)
+        t = (progress - warm) / max(1e-8, 1.0 - warm)
+        return self.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t))))
+
+    # ------------------------------------------------------------- lifecycle
+    def on_fit_start(self) -> None:
+        """Start the clock; lay the network out channels-last (faster convs)."""
+        self._fit_started = time.monotonic()
+        self.method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the clock and the configuration in the checkpoint."""
+        checkpoint["cytostore"] = {
+            "elapsed_s": self.elapsed_s,
+            "config": self.config.to_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the clock of a resumed run."""
+        self.elapsed_before_s = float(
+            checkpoint.get("cytostore", {}).get("elapsed_s", 0.0)
+        )
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW; no weight decay on norms and biases."""
+        params = [p for p in self.method.parameters() if p.requires_grad]
+        decay, no_decay = get_weight_decay_parameters([self.method])
+        keep = {id(p) for p in params}
+        return torch.optim.AdamW(
+            [
+                {"params": [p for p in decay if id(p) in keep]},
+                {
+                    "params": [p for p in no_decay if id(p) in keep],
+                    "weight_decay": 0.0,
+                },
+            ],
+            lr=self.lr,
+            weight_decay=self.config.weight_decay,
+        )
+
+    # ------------------------------------------------------------------ step
+    def make_views(self, batch_u8: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Return (2 global views, local views) of a uint8 (b, h, w, 3) batch."""
+        seed = self.config.seed * 1_000_003 + self.global_step * 7919 + self.global_rank
+        g = torch.Generator().manual_seed(seed % (2**63))
+        with torch.autocast(self.device.type, enabled=False):
+            glob = [self.global_aug(batch_u8, g) for _ in range(2)]
+            loc = (
+                [self.local_aug(batch_u8, g) for _ in range(self.method.n_local_views)]
+                if self.local_aug is not None
+                else []
+            )
+        cl = torch.channels_last
+        return [v.contiguous(memory_format=cl) for v in glob], [
+            v.contiguous(memory_format=cl) for v in loc
+        ]
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        """Augment, compute the loss, refuse a non-finite one.
+
+        Raises:
+            TrainingDivergedError: If the loss is NaN or infinite.
+        """
+        p = self.progress()
+        opt = self.optimizers()
+        lr = self._lr_at(p)
+        for group in opt.param_groups:  # type: ignore[union-attr]
+            group["lr"] = lr
+        glob, loc = self.make_views(batch)
+        loss = self.method.training_loss(glob, loc, p)
+        if not torch.isfinite(loss.detach()).all():
+            raise TrainingDivergedError(
+                f"the loss became {float(loss.detach())} at epoch "
+                f"{self.current_epoch + 1}, step {self.global_step}: training stopped"
+            )
+        self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
+        self.log("lr", lr, prog_bar=False, on_step=True, on_epoch=False)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Let the method adjust gradients (e.g. DINO's frozen last layer)."""
+        self.method.before_optimizer_step(self.progress())
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Momentum updates of the method's teacher networks."""
+        self.method.after_step(self.progress())
+
+
+class _EpochCheckpoint(pl.Callback):
+    """Write the resumable checkpoint atomically after every epoch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+
+
+class _Progress(pl.Callback):
+    """Forward training progress to a ``progress(done, total)`` callback."""
+
+    def __init__(self, progress: Callable[[int, int], None], module: SSLModule) -> None:
+        self.progress = progress
+        self.module = module
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.progress(int(round(1000 * self.module.progress())), 1000)
+
+
+def train_ssl(
+    method: SSLMethod,
+    images_u8: npt.NDArray[np.uint8],
+    domains: Sequence[str] | npt.NDArray[np.str_],
+    config: TrainConfig,
+    mean: Sequence[float],
+    std: Sequence[float],
+    run_dir: str | os.PathLike[str],
+    *,
+    rows: npt.NDArray[np.int64] | None = None,
+    epochs: int | None = None,
+    max_s: float | None = None,
+    resume: bool = False,
+    run_config: dict[str, Any] | None = None,
+    history: TrainingHistory | None = None,
+    device: str = "auto",
+    devices: int | str | None = None,
+    strategy: str = "auto",
+    num_nodes: int = 1,
+    precision: str = "auto",
+    callbacks: Sequence[pl.Callback] = (),
+    progress: Callable[[int, int], None] | None = None,
+    progress_bar: bool = False,
+) -> TrainResult:
+    """Train ``method`` on cached cells until ``epochs`` or ``max_s`` is reached.
+
+    Args:
+        method: The method, holding the backbone (trained in place).
+        images_u8: uint8 (N, h, w, 3) cells (a memmap is fine).
+        domains: Dataset of each training row (for domain-balanced sampling).
+        config: The run's configuration.
+        mean: Normalisation mean.
+        std: Normalisation standard deviation.
+        rows: Rows of ``images_u8`` to train on (int64, same length as
+            ``domains``); ``None``: all rows.
+        run_dir: Folder of the run; the checkpoint is ``run_dir/checkpoints/last.ckpt``
+            and the configuration ``run_dir/checkpoints/config.json``.
+        epochs: Total epochs (resumed ones included); ``None``: until ``max_s``.
+        max_s: Total training seconds (resumed ones included); ``None``: no limit.
+        resume: Continue from the run's checkpoint.
+        run_config: The configuration compared on resume (default ``config.to_dict()``).
+        history: Records loss / kNN per epoch (created if ``None``).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        devices: Lightning ``devices`` (e.g. 4 GPUs); overrides ``device``'s count.
+        strategy: Lightning strategy (``auto``, ``ddp``, ...).
+        num_nodes: Nodes for multi-node DDP.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see
+            :func:`lightning_hardware`).
+        callbacks: Extra Lightning callbacks.
+        progress: Called with ``(done, 1000)``: thousandths of the run done.
+        progress_bar: Show Lightning's progress bar.
+
+    Returns:
+        The run's :class:`TrainResult`; ``method.backbone`` holds the trained weights.
+
+    Raises:
+        InvalidArgumentError: If neither ``epochs`` nor ``max_s`` is given, or
+            there are fewer rows than one batch.
+        ConfigMismatchError: If ``resume`` finds a checkpoint of another configuration.
+        TrainingDivergedError: If the loss becomes non-finite (the last checkpoint
+            is kept).
+    """
+    from cytostore.errors import InvalidArgumentError
+
+    if epochs is None and max_s is None:
+        raise InvalidArgumentError("give a number of epochs or a time budget (max_s)")
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_path = ckpt_dir / CHECKPOINT_NAME
+    wanted = run_config if run_config is not None else config.to_dict()
+    ckpt = _check_resume(ckpt_dir, ckpt_path, wanted, resume)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(ckpt_dir / "config.json", wanted)
+
+    accelerator, dev, lightning_precision = lightning_hardware(device, precision)
+    if devices is not None:
+        dev = devices
+    world = (
+        dev if isinstance(dev, int) else len(dev) if isinstance(dev, list) else 1
+    ) * num_nodes
+    sampler = BatchSampler(
+        domains, config.batch_size, config.balance, config.seed, world_size=1
+    )
+    steps_per_epoch = max(1, len(sampler) // max(1, world))
+    total_steps = steps_per_epoch * epochs if epochs is not None else None
+    method.train()  # backbones come in eval mode; BN must use batch statistics
+    module = SSLModule(method, config, mean, std, total_steps, max_s)
+    history = history if history is not None else TrainingHistory()
+
+    cbs: list[pl.Callback] = [history, _EpochCheckpoint(ckpt_path), *callbacks]
+    if progress is not None:
+        cbs.append(_Progress(progress, module))
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=dev,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=lightning_precision,  # type: ignore[arg-type]
+        max_epochs=epochs if epochs is not None else -1,
+        max_time=_dt.timedelta(seconds=max_s) if max_s is not None else None,
+        callbacks=cbs,
+        logger=False,
+        default_root_dir=str(run_dir),
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        log_every_n_steps=1,
+    )
+    loader = _loader(images_u8, rows, domains, config, trainer)
+    try:
+        trainer.fit(
+            module, loader, ckpt_path=str(ckpt_path) if ckpt is not None else None
+        )
+    except TrainingDivergedError as exc:
+        kept = (
+            f"the last good checkpoint is kept at {ckpt_path}"
+            if ckpt_path.is_file()
+            else "no epoch had finished, so there is no checkpoint"
+        )
+        raise TrainingDivergedError(
+            f"{exc}; {kept}. Lower the learning rate (--lr) or use another method, "
+            "and start a new run (or --resume with the same configuration)"
+        ) from exc
+    wall_s = module.elapsed_s
+    module._fit_started = None
+    final = history.epochs[-1] if history.epochs else {}
+    done_epochs = len(history.epochs)
+    return TrainResult(
+        epochs=list(history.epochs),
+        steps=int(trainer.global_step),
+        wall_s=wall_s,
+        final_loss=float(final.get("loss", math.nan)),
+        knn_final=final.get("knn"),
+        stopped_by="epochs" if epochs is not None and done_epochs >= epochs else "time",
+        checkpoint=ckpt_path,
+    )
+
+
+def _loader(
+    images_u8: npt.NDArray[np.uint8],
+    rows: npt.NDArray[np.int64] | None,
+    domains: Sequence[str] | npt.NDArray[np.str_],
+    config: TrainConfig,
+    trainer: pl.Trainer,
+) -> DataLoader[Tensor]:
+    sampler = BatchSampler(
+        domains,
+        config.batch_size,
+        config.balance,
+        config.seed,
+        rank=trainer.global_rank,
+        world_size=trainer.world_size,
+    )
+    return DataLoader(
+        CachedRows(images_u8, rows), sampler=sampler, batch_size=None, num_workers=0
+    )
+
+
+def _check_resume(
+    ckpt_dir: Path, ckpt_path: Path, wanted: dict[str, Any], resume: bool
+) -> Path | None:
+    from cytostore.errors import InvalidArgumentError
+
+    if not resume:
+        if ckpt_path.is_file():
+            raise InvalidArgumentError(
+                f"a run already exists in {ckpt_dir.parent}: continue it with "
+                "--resume, or pick another --name"
+            )
+        return None
+    if not ckpt_path.is_file():
+        raise InvalidArgumentError(
+            f"nothing to resume: no checkpoint at {ckpt_path}; start the run "
+            "without --resume"
+        )
+    saved_path = ckpt_dir / "config.json"
+    saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
+    diff = config_difference(saved, wanted)
+    if diff:
+        raise ConfigMismatchError(
+            "--resume with a different configuration than the interrupted run ("
+            + "; ".join(diff)
+            + "): rerun with the original settings, or start a new run under "
+            "another --name"
+        )
+    return ckpt_path
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def backbone_state(method: SSLMethod) -> dict[str, Tensor]:
+    """Return the backbone's weights as contiguous CPU tensors (for registration)."""
+    return {
+        k: v.detach().cpu().contiguous()
+        for k, v in method.backbone.state_dict().items()
+    }
+
+
+def unwrap_backbone(method: SSLMethod) -> nn.Module:
+    """Return the backbone on CPU in standard memory format, eval mode."""
+    backbone = method.backbone.cpu().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    return backbone.eval()  # type: ignore[no-any-return]
