@@ -76,7 +76,7 @@ def bm_like(scale: float, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     names = sorted(BM_COUNTS)
     counts = [max(5, int(round(BM_COUNTS[c] * scale))) for c in names]
     basis = rng.normal(0, 1, (32, dim)) / np.sqrt(32)
-    means = rng.normal(0, 0.55, (len(names), dim))
+    means = rng.normal(0, 0.15, (len(names), dim))
     X = np.empty((sum(counts), dim), np.float32)
     y = np.empty(sum(counts), dtype=object)
     start = 0
@@ -122,7 +122,7 @@ def bench_linear(quick: bool, seed: int) -> tuple[list[list[str]], str]:
             f"n_iter {int(ref.n_iter_[0])}",
         ],
         [
-            "cytostore LinearProbe (torch L-BFGS, 4 l2 candidates + refit)",
+            "cytostore LinearProbe (torch L-BFGS, 3 l2 candidates + refit)",
             f"{ours_s:.1f}",
             f"{ratio:.1f}x",
             f"{ours_bacc:.4f}",
@@ -141,18 +141,18 @@ def bench_linear(quick: bool, seed: int) -> tuple[list[list[str]], str]:
 
 
 def mil_bags(n_cells: int, dim: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """189 bags of ~n_cells cells; each subtype plants ~4% cells along its direction."""
+    """189 bags of ~n_cells cells; each subtype plants 8% cells along its direction."""
     rng = np.random.default_rng(seed)
     names = sorted(SUBTYPES)
     directions = rng.normal(0, 1, (len(names), dim))
-    directions *= 3.0 / np.linalg.norm(directions, axis=1, keepdims=True)
+    directions *= 5.0 / np.linalg.norm(directions, axis=1, keepdims=True)
     bags, labels = [], []
     for i, name in enumerate(names):
         for _ in range(SUBTYPES[name]):
             n = int(np.clip(rng.normal(n_cells, 80), 99, 500))
             bag = rng.normal(0, 1, (n, dim)).astype(np.float32)
             if name != "control":
-                k = max(1, int(0.04 * n))
+                k = max(1, int(0.08 * n))
                 bag[rng.choice(n, k, replace=False)] += directions[i]
             bags.append(bag)
             labels.append(name)

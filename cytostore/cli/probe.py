@@ -91,6 +91,22 @@ from cytostore.cli._common import (
     default=None,
     help="Name of the saved head (default <kind>-<label>-<model>).",
 )
+@click.option(
+    "-k",
+    "--k",
+    "k",
+    type=int,
+    default=20,
+    show_default=True,
+    help="knn: neighbours per cell (1: nearest neighbour).",
+)
+@click.option(
+    "--vote",
+    type=click.Choice(["temperature", "majority"]),
+    default="temperature",
+    show_default=True,
+    help="knn: exp(cos/0.07)-weighted vote (DINO) or plain majority.",
+)
 @seed_option
 @device_option
 @format_option("table", "json")
@@ -109,6 +125,8 @@ def probe(
     class_weight: str,
     by: str | None,
     name: str | None,
+    k: int,
+    vote: str,
     seed: int,
     device: str,
     fmt: str,
@@ -141,6 +159,8 @@ def probe(
             class_weight=None if class_weight == "none" else class_weight,
             by=by,
             name=name,
+            k=k,
+            vote=vote,
             seed=seed,
             device=device,
             progress=progress,

@@ -39,16 +39,21 @@ class LinearProbe(BaseHead):
     Features are standardised with the training mean and sd; the L2 penalty
     ``0.5 * l2 * ||W||^2`` is added to the (class-weighted) mean cross-entropy. With
     several ``l2`` candidates, each is fitted on a stratified ``1 - val_size`` part of
-    the training data, warm-started from the previous (strongest first), the one with
-    the best validation balanced accuracy is kept, and the final model is refitted on
-    all the training data from its weights.
+    the training data (subsampled to ``max_select_rows``), warm-started from the
+    previous (strongest first); the one with the best validation balanced accuracy
+    is kept, and the final model is refitted on all the training data from its
+    weights.
 
     Args:
         l2: Penalty weight, or a tuple of candidates chosen on a validation split.
-        max_iter: L-BFGS iterations per fit.
+        max_iter: L-BFGS iterations of the final fit (at most 50 per candidate).
         tol: Gradient tolerance that stops L-BFGS.
         class_weight: ``"balanced"`` (weights ``n / (k * count)``) or ``None``.
         val_size: Fraction of the training data held out to choose ``l2``.
+        max_select_rows: Choose ``l2`` on a stratified subsample of at most this
+            many training (and validation) rows, then rescale it by
+            ``n_subsample / n`` (a fixed prior's weight on the mean loss) for the
+            refit on all rows; ``None`` uses every row.
         seed: Seed of the validation split and the initialisation.
         device: Torch device (``"cpu"``, ``"cuda"``, ``"auto"``).
 
@@ -56,7 +61,7 @@ class LinearProbe(BaseHead):
         classes_: Sorted class labels, shape (n_classes,).
         coef_: float32 (n_classes, dim) weights on the raw (unstandardised) features.
         intercept_: float32 (n_classes,).
-        l2_: The chosen penalty.
+        l2_: The penalty of the final fit (the chosen one, rescaled when subsampled).
         val_scores_: ``{l2: validation balanced accuracy}`` (empty with one candidate).
         n_iter_: L-BFGS function evaluations of the final fit.
 
@@ -75,6 +80,7 @@ class LinearProbe(BaseHead):
         "tol": [Interval(float, 0, None, closed="neither")],
         "class_weight": [Options(frozenset({"balanced"})), None],
         "val_size": [Interval(float, 0, 1, closed="neither")],
+        "max_select_rows": [Interval(int, 100, None), None],
         "seed": [Interval(int, 0, None)],
         "device": [str],
     }
@@ -82,11 +88,12 @@ class LinearProbe(BaseHead):
     def __init__(
         self,
         *,
-        l2: float | tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5),
+        l2: float | tuple[float, ...] = (1e-2, 1e-3, 1e-4),
         max_iter: int = 100,
-        tol: float = 1e-5,
+        tol: float = 1e-4,
         class_weight: str | None = "balanced",
         val_size: float = 0.1,
+        max_select_rows: int | None = 10000,
         seed: int = 0,
         device: str = "cpu",
     ) -> None:
@@ -95,6 +102,7 @@ class LinearProbe(BaseHead):
         self.tol = tol
         self.class_weight = class_weight
         self.val_size = val_size
+        self.max_select_rows = max_select_rows
         self.seed = seed
         self.device = device
 
@@ -133,10 +141,16 @@ class LinearProbe(BaseHead):
             chosen = float(candidates[0])
             if len(candidates) > 1:
                 tr, va = inner_validation_split(y_idx, self.val_size, self.seed)
+                tr, va = (
+                    _subsample(tr, y_idx, self.max_select_rows, self.seed),
+                    _subsample(va, y_idx, self.max_select_rows, self.seed + 1),
+                )
                 best = -1.0
                 best_state = (W.detach().clone(), b.detach().clone())
                 for lam in candidates:
-                    self._lbfgs(W, b, Xt[tr], yt[tr], n_classes, float(lam))
+                    self._lbfgs(
+                        W, b, Xt[tr], yt[tr], n_classes, float(lam), select=True
+                    )
                     with torch.no_grad():
                         pred = (Xt[va] @ W.T + b).argmax(1).cpu().numpy()
                     score = _balanced_accuracy(y_idx[va], pred, n_classes)
@@ -148,6 +162,8 @@ class LinearProbe(BaseHead):
                 with torch.no_grad():
                     W.copy_(best_state[0])
                     b.copy_(best_state[1])
+                # the penalty of a fixed prior on the mean loss scales as 1 / n
+                chosen *= tr.size / y_idx.size
             self.n_iter_ = self._lbfgs(W, b, Xt, yt, n_classes, chosen)
         self.l2_ = chosen
         Wn = W.detach().cpu().numpy().astype(np.float64)
@@ -166,6 +182,7 @@ class LinearProbe(BaseHead):
         y: Any,
         n_classes: int,
         lam: float,
+        select: bool = False,
     ) -> int:
         import torch
         import torch.nn.functional as F
@@ -178,9 +195,9 @@ class LinearProbe(BaseHead):
         opt = torch.optim.LBFGS(
             [W, b],
             lr=1.0,
-            max_iter=self.max_iter,
+            max_iter=min(self.max_iter, 50) if select else self.max_iter,
             tolerance_grad=self.tol,
-            tolerance_change=1e-9,
+            tolerance_change=1e-7,
             history_size=10,
             line_search_fn="strong_wolfe",
         )
@@ -227,3 +244,22 @@ def _balanced_accuracy(
         if (y_true == c).any()
     ]
     return float(np.mean(recalls)) if recalls else 0.0
+
+
+def _subsample(
+    rows: npt.NDArray[np.int64],
+    y_idx: npt.NDArray[np.int64],
+    max_rows: int | None,
+    seed: int,
+) -> npt.NDArray[np.int64]:
+    """Return at most ``max_rows`` of ``rows``, stratified (every class kept)."""
+    if max_rows is None or rows.size <= max_rows:
+        return rows
+    rng = np.random.default_rng(seed)
+    frac = max_rows / rows.size
+    keep: list[npt.NDArray[np.int64]] = []
+    for c in np.unique(y_idx[rows]):
+        members = rows[y_idx[rows] == c]
+        n = max(1, int(round(frac * members.size)))
+        keep.append(rng.choice(members, n, replace=False))
+    return np.sort(np.concatenate(keep))

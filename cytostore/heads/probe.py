@@ -52,8 +52,12 @@ def make_head(
     class_weight: str | None = "balanced",
     seed: int = 0,
     device: str = "cpu",
+    k: int = 20,
+    vote: str = "temperature",
 ) -> BaseHead:
     """Return an unfitted cell-level head of ``kind`` (``linear``, ``knn``, ``mlp``).
+
+    ``k`` and ``vote`` (``temperature`` or ``majority``) apply to ``knn`` only.
 
     Raises:
         InvalidArgumentError: If ``kind`` is unknown.
@@ -61,7 +65,8 @@ def make_head(
     if kind == "linear":
         return LinearProbe(class_weight=class_weight, seed=seed, device=device)
     if kind == "knn":
-        return KNNHead()
+        weighting = "uniform" if vote == "majority" else "temperature"
+        return KNNHead(k=k, weighting=weighting)
     if kind == "mlp":
         return MLPHead(class_weight=class_weight, seed=seed, device=device)
     raise InvalidArgumentError(
@@ -110,6 +115,8 @@ def probe(
     class_weight: str | None = "balanced",
     by: str | None = None,
     name: str | None = None,
+    k: int = 20,
+    vote: str = "temperature",
     seed: int = 0,
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
@@ -135,6 +142,8 @@ def probe(
         class_weight: ``"balanced"`` or ``None``.
         by: Column to repeat the metrics per group of (bias report, e.g. ``sex``).
         name: Name of the saved head (default ``<kind>-<label>-<model>``).
+        k: Neighbours of the ``knn`` head (``1``: nearest neighbour).
+        vote: ``knn`` vote: ``temperature`` (DINO, T=0.07) or ``majority``.
         seed: Seed of splits and training.
         device: Torch device.
         progress: ``progress(done, total)`` over folds.
@@ -153,6 +162,12 @@ def probe(
         raise InvalidArgumentError(
             f"unknown head kind {kind!r}: use one of {', '.join(KINDS)}"
         )
+    if vote not in ("temperature", "majority"):
+        raise InvalidArgumentError(
+            f"vote must be temperature or majority, not {vote!r}"
+        )
+    if k < 1:
+        raise InvalidArgumentError(f"k must be >= 1, got {k}")
     if class_weight not in ("balanced", None):
         raise InvalidArgumentError("class_weight must be 'balanced' or None")
     if folds is not None and folds < 2:
@@ -287,7 +302,9 @@ def probe(
                 f"{fold.name}: the training part has a single class; use more cells, "
                 "fewer folds or another split"
             )
-        head = make_head(kind, class_weight=class_weight, seed=seed, device=device)
+        head = make_head(
+            kind, class_weight=class_weight, seed=seed, device=device, k=k, vote=vote
+        )
         head.fit(X[fold.train], y[fold.train])
         pred = head.predict(X[fold.test])
         m = classification_metrics(y[fold.test], pred, classes)
@@ -315,7 +332,9 @@ def probe(
         report["by_column"] = by
         report["by"] = by_group(yt, yp, cells.meta[by][rows])
     if len(fold_list) > 1:
-        head = make_head(kind, class_weight=class_weight, seed=seed, device=device)
+        head = make_head(
+            kind, class_weight=class_weight, seed=seed, device=device, k=k, vote=vote
+        )
         rows_all = np.unique(
             np.concatenate([np.concatenate([f.train, f.test]) for f in fold_list])
         )

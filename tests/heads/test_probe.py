@@ -168,3 +168,20 @@ def test_predict__unknown_head_lists_known_ones(probe_store: Store) -> None:
     probe(probe_store, "tiny", "label", kind="knn", name="k")
     with pytest.raises(UnknownHeadError, match=r"no head named 'nope'.*\['k'\]"):
         predict(probe_store, "nope")
+
+
+def test_probe__knn_nearest_neighbour_and_majority_vote(probe_store: Store) -> None:
+    one = probe(probe_store, "tiny", "label", kind="knn", k=1, name="k1")
+    maj = probe(probe_store, "tiny", "label", kind="knn", vote="majority", name="km")
+    head, _ = load_head(probe_store, "k1")
+    assert head.k == 1 and one["balanced_accuracy"] > 0.8
+    head, _ = load_head(probe_store, "km")
+    assert head.weighting == "uniform" and maj["balanced_accuracy"] > 0.8
+
+
+@pytest.mark.parametrize("value", ["", "nan", "NaN", " ", None])
+def test_missing_label__values_counted_as_missing(value: object) -> None:
+    from cytostore.heads._data import missing_label
+
+    assert missing_label(value) and missing_label(float("nan"))
+    assert not missing_label("BAS")
