@@ -436,6 +436,10 @@ class VectorWriter:
             )
         if ids_arr.size == 0:
             return self._n
+        if ids_arr.min() < 1:
+            raise InvalidArgumentError(
+                f"cell ids must be catalog ids (>= 1), got {int(ids_arr.min())}"
+            )
         if np.unique(ids_arr).size != ids_arr.size or self.contains(ids_arr).any():
             dup = ids_arr[self.contains(ids_arr)][:5].tolist()
             raise InvalidArgumentError(

@@ -102,6 +102,8 @@ def test_vector_writer__rejects_duplicates_and_bad_shapes(vec_store: Store) -> N
             w.append([ids[0], ids[0]], random_vectors(2, 16))
         with pytest.raises(DimensionMismatchError):
             w.append(ids, random_vectors(2, 8))
+        with pytest.raises(InvalidArgumentError, match="catalog ids"):
+            w.append([-3, ids[0]], random_vectors(2, 16))
         with pytest.raises(InvalidArgumentError, match="non-finite"):
             w.append(ids, np.full((2, 16), np.nan))
         assert w.append(ids, random_vectors(2, 16)) == 302
