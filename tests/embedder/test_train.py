@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,16 @@ from cytostore.embedder.backbones import build_backbone
 from cytostore.embedder.methods import METHODS, build_method
 from cytostore.embedder.train import TrainConfig, config_difference, train_ssl
 from cytostore.errors import ConfigMismatchError, TrainingDivergedError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: one thread avoids oversubscribing the shared CPU (much faster)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 PX = 32
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
