@@ -17,7 +17,8 @@ Four measurements, each against a baseline in the same run:
    writing, over the bytes of the vectors. Target: <= 2x.
 
 Timings alternate subject and baseline and repeat until ``--min-s`` seconds per side;
-the best pass is reported (the machine may be shared), the median beside it.
+best and median passes are reported (the machine may be shared); question 1 must meet
+its target on both.
 
 Usage: ``python bench/bench_store.py [--quick]``
 """
@@ -288,13 +289,14 @@ def main() -> int:
         ex = exact_search(scratch, n_exact, 1000, min_s)
         an = ann(scratch, n_ann, 1000, 200, args.factory)
         mem = writer_memory(scratch, n_ann)
-    ratio = ex["subject_s"] / ex["baseline_s"]
+    ratio_best = ex["subject_s"] / ex["baseline_s"]
+    ratio = ex["subject_med"] / ex["baseline_med"]
     lat_ratio = ex["lat_f_ms"] / ex["lat_u_ms"]
     speed = an["ann_qps"] / an["flat_qps"]
     mem_ratio = (mem["indexed"] - mem["before"]) / mem["bytes"]
     mem_append = (mem["appended"] - mem["before"]) / mem["bytes"]
     ok = {
-        "exact": ratio <= 1.15 and ex["agree"] > 0.999,
+        "exact": max(ratio, ratio_best) <= 1.15 and ex["agree"] > 0.999,
         "filter": lat_ratio <= 2.0 and ex["recall_f"] == 1.0,
         "ann": an["recall"] >= 0.95 and speed >= 10,
         "memory": mem_ratio <= 2.0 and mem["n_vectors"] == n_ann,
@@ -308,7 +310,7 @@ def main() -> int:
             f"(median {ex['baseline_med']:.2f})",
             f"`Store.search` {ex['subject_s']:.2f} s (median {ex['subject_med']:.2f}); "
             f"same ids {ex['agree']:.4f}",
-            f"{ratio:.2f}× time",
+            f"{ratio:.2f}× median, {ratio_best:.2f}× best",
             "≤ 1.15×",
             yes["exact"],
         ],
