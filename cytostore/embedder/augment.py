@@ -136,6 +136,8 @@ class BatchAugment(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
+        self.mean: Tensor
+        self.std: Tensor
         self.register_buffer(
             "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), False
         )
@@ -159,7 +161,9 @@ class BatchAugment(nn.Module):
         """
         x = images_u8.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
         x = self.augment01(x, generator)
-        return (x - self.mean) / self.std
+        mean: Tensor = self.mean
+        std: Tensor = self.std
+        return (x - mean) / std
 
     def augment01(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Augment float (B, 3, H, W) images in [0, 1]; the values stay in [0, 1]."""

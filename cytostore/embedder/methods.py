@@ -82,7 +82,7 @@ class SSLMethod(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Return backbone features ``(n, dim)`` of images ``(n, 3, h, w)``."""
-        return self.backbone(x)  # type: ignore[no-any-return]
+        return self.backbone(x)
 
     def training_loss(
         self, global_views: list[Tensor], local_views: list[Tensor], progress: float
@@ -140,7 +140,7 @@ class SimCLR(SSLMethod):
         """NT-Xent between the projections of the two global views."""
         n = global_views[0].shape[0]
         z = self.projection_head(self.backbone(torch.cat(global_views)))
-        return self.criterion(z[:n], z[n:])  # type: ignore[no-any-return]
+        return self.criterion(z[:n], z[n:])
 
 
 class _MomentumMethod(SSLMethod):
@@ -196,12 +196,7 @@ class BYOL(_MomentumMethod):
         p = self.prediction_head(self.projection_head(self.backbone(x)))
         with torch.no_grad():
             z = self.projection_head_momentum(self.backbone_momentum(x)).detach()
-        return (
-            0.5
-            * (  # type: ignore[no-any-return]
-                self.criterion(p[:n], z[n:]) + self.criterion(p[n:], z[:n])
-            )
-        )
+        return 0.5 * (self.criterion(p[:n], z[n:]) + self.criterion(p[n:], z[:n]))
 
     def after_step(self, progress: float) -> None:
         """Move the momentum networks towards the online ones."""
@@ -278,7 +273,7 @@ class DINO(_MomentumMethod):
                 self.projection_head(self.backbone(torch.cat(local_views))).split(n)
             )
         temp = 0.04 + (self.teacher_temp - 0.04) * min(1.0, progress / 0.3)
-        return self.criterion(  # type: ignore[no-any-return]
+        return self.criterion(
             list(t.float().split(n)), [v.float() for v in s], teacher_temp=temp
         )
 
@@ -325,7 +320,7 @@ class VICReg(SSLMethod):
         """VICReg loss between the expanded global views."""
         n = global_views[0].shape[0]
         z = self.projection_head(self.backbone(torch.cat(global_views))).float()
-        return self.criterion(z[:n], z[n:])  # type: ignore[no-any-return]
+        return self.criterion(z[:n], z[n:])
 
 
 class BarlowTwins(SSLMethod):
@@ -358,7 +353,7 @@ class BarlowTwins(SSLMethod):
         """Barlow Twins loss between the projected global views."""
         n = global_views[0].shape[0]
         z = self.projection_head(self.backbone(torch.cat(global_views))).float()
-        return self.criterion(z[:n], z[n:])  # type: ignore[no-any-return]
+        return self.criterion(z[:n], z[n:])
 
 
 class MoCo(_MomentumMethod):
@@ -404,7 +399,7 @@ class MoCo(_MomentumMethod):
         q = self.projection_head(self.backbone(global_views[0])).float()
         with torch.no_grad():
             k = self.projection_head_momentum(self.backbone_momentum(global_views[1]))
-        return self.criterion(q, k.detach().float())  # type: ignore[no-any-return]
+        return self.criterion(q, k.detach().float())
 
     def after_step(self, progress: float) -> None:
         """Move the key encoder towards the query encoder."""
@@ -453,4 +448,4 @@ def build_method(
             f"unknown method {name!r}: choose one of {', '.join(METHODS)} "
             "(or 'none' for a random-init baseline)"
         )
-    return METHODS[name](backbone, dim, gather_distributed=gather_distributed, **kwargs)  # type: ignore[arg-type]
+    return METHODS[name](backbone, dim, gather_distributed=gather_distributed, **kwargs)

@@ -198,8 +198,9 @@ class TrainingHistory(pl.Callback):
         """Return the kNN accuracy of the current backbone (None: no monitor)."""
         if self.images_u8 is None:
             return None
+        backbone: nn.Module = pl_module.method.backbone  # type: ignore[union-attr,assignment]
         feats = embed_arrays(
-            pl_module.method.backbone,  # type: ignore[union-attr]
+            backbone,
             self.images_u8,
             self.mean,
             self.std,
@@ -214,7 +215,7 @@ class TrainingHistory(pl.Callback):
         if self._steps == 0:
             return
         knn = self.evaluate(pl_module) if trainer.is_global_zero else None
-        entry = {
+        entry: dict[str, Any] = {
             "epoch": int(trainer.current_epoch) + 1,
             "loss": self._sum / self._steps,
             "steps": self._steps,
@@ -231,7 +232,7 @@ class TrainingHistory(pl.Callback):
             "-" if knn is None else f"{knn:.3f}",
         )
         if self.on_epoch is not None:
-            self.on_epoch(entry["epoch"], entry["loss"], knn)
+            self.on_epoch(int(entry["epoch"]), float(entry["loss"]), knn)
         if self.curves_path is not None and trainer.is_global_zero:
             write_curves(self.epochs, self.curves_path)
 
@@ -261,10 +262,11 @@ def write_curves(
     ax.plot(xs, [e["loss"] for e in epochs], "o-", color="tab:blue", ms=3, label="loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss", color="tab:blue")
-    knn = [(e["epoch"], e["knn"]) for e in epochs if e.get("knn") is not None]
-    if knn:
+    knn_x = [e["epoch"] for e in epochs if e.get("knn") is not None]
+    knn_y = [e["knn"] for e in epochs if e.get("knn") is not None]
+    if knn_x:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*knn, strict=True), "s-", color="tab:orange", ms=3, label="kNN")
+        ax2.plot(knn_x, knn_y, "s-", color="tab:orange", ms=3, label="kNN")
         ax2.set_ylabel("kNN accuracy (held-out)", color="tab:orange")
         ax2.set_ylim(0, 1)
     if title:

@@ -146,7 +146,7 @@ class CachedRows(Dataset[torch.Tensor]):
     def __len__(self) -> int:
         return len(self.rows) if self.rows is not None else len(self.images_u8)
 
-    def __getitem__(self, index: list[int]) -> torch.Tensor:  # type: ignore[override]
+    def __getitem__(self, index: list[int]) -> torch.Tensor:
         idx = np.asarray(index, dtype=np.int64)
         if self.rows is not None:
             idx = self.rows[idx]

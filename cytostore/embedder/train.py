@@ -227,7 +227,7 @@ class SSLModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         """Start the clock; lay the network out channels-last (faster convs)."""
         self._fit_started = time.monotonic()
-        self.method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.method.to(memory_format=torch.channels_last)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the clock and the configuration in the checkpoint."""
@@ -247,16 +247,13 @@ class SSLModule(pl.LightningModule):
         params = [p for p in self.method.parameters() if p.requires_grad]
         decay, no_decay = get_weight_decay_parameters([self.method])
         keep = {id(p) for p in params}
+        groups: list[dict[str, Any]]
+        groups = [
+            {"params": [p for p in decay if id(p) in keep]},
+            {"params": [p for p in no_decay if id(p) in keep], "weight_decay": 0.0},
+        ]
         return torch.optim.AdamW(
-            [
-                {"params": [p for p in decay if id(p) in keep]},
-                {
-                    "params": [p for p in no_decay if id(p) in keep],
-                    "weight_decay": 0.0,
-                },
-            ],
-            lr=self.lr,
-            weight_decay=self.config.weight_decay,
+            groups, lr=self.lr, weight_decay=self.config.weight_decay
         )
 
     # ------------------------------------------------------------------ step
@@ -349,7 +346,7 @@ def train_ssl(
     run_config: dict[str, Any] | None = None,
     history: TrainingHistory | None = None,
     device: str = "auto",
-    devices: int | str | None = None,
+    devices: int | None = None,
     strategy: str = "auto",
     num_nodes: int = 1,
     precision: str = "auto",
@@ -407,9 +404,8 @@ def train_ssl(
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     _write_json(ckpt_dir / "config.json", wanted)
 
-    accelerator, dev, lightning_precision = lightning_hardware(device, precision)
-    if devices is not None:
-        dev = devices
+    accelerator, dev_auto, lightning_precision = lightning_hardware(device, precision)
+    dev: int | list[int] = devices if devices is not None else dev_auto
     world = (
         dev if isinstance(dev, int) else len(dev) if isinstance(dev, list) else 1
     ) * num_nodes
@@ -539,5 +535,5 @@ def backbone_state(method: SSLMethod) -> dict[str, Tensor]:
 
 def unwrap_backbone(method: SSLMethod) -> nn.Module:
     """Return the backbone on CPU in standard memory format, eval mode."""
-    backbone = method.backbone.cpu().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-    return backbone.eval()  # type: ignore[no-any-return]
+    backbone = method.backbone.cpu().to(memory_format=torch.contiguous_format)
+    return backbone.eval()
