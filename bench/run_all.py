@@ -49,7 +49,9 @@ def main() -> int:
         else:
             sections.append(proc.stdout.strip() + "\n")
     args.out.write_text("\n".join(sections))
-    print(f"wrote {args.out} ({len(scripts)} scripts, {failed} failed)", file=sys.stderr)
+    print(
+        f"wrote {args.out} ({len(scripts)} scripts, {failed} failed)", file=sys.stderr
+    )
     return 1 if failed else 0
 
 

@@ -27,9 +27,13 @@ from cytostore.cli.synth import synth
 __all__ = ["main"]
 
 
-@click.group(cls=CytostoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=CytostoreGroup, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(package_name="cytostore")
-@click.option("-v", "--verbose", is_flag=True, help="Log what the library does (stderr).")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Log what the library does (stderr)."
+)
 def main(verbose: bool) -> None:
     """cytostore: a self-supervised feature store for leukaemia cytomorphology.
 

@@ -67,7 +67,7 @@ def format_option(*choices: str, default: str = "table") -> Callable[[F], F]:
         type=click.Choice(names),
         default=default,
         show_default=True,
-        help="Output format on stdout (json: one document; jsonl: one object per line).",
+        help="Output format on stdout (json: one document; jsonl: one object a line).",
     )
 
 
@@ -93,7 +93,7 @@ def where_option(func: F) -> F:
     return click.option(
         "--where",
         default=None,
-        help="SQL filter over the columns of cell_meta, e.g. \"dataset='lmu' AND age > 60\".",
+        help="SQL filter over the columns of cell_meta, e.g. \"dataset='lmu' AND age>60\".",
     )(func)
 
 
@@ -133,7 +133,9 @@ def render_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str)
         return json.dumps(docs, indent=2, ensure_ascii=False)
     if fmt == "jsonl":
         return "\n".join(
-            json.dumps(to_jsonable(dict(zip(columns, r, strict=True))), ensure_ascii=False)
+            json.dumps(
+                to_jsonable(dict(zip(columns, r, strict=True))), ensure_ascii=False
+            )
             for r in rows
         )
     if fmt == "csv":
@@ -143,13 +145,15 @@ def render_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str)
         writer.writerows([["" if v is None else v for v in r] for r in rows])
         return buf.getvalue().rstrip("\n")
     cells = [[_cell(v) for v in r] for r in rows]
-    widths = [
-        max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()
     ]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     for r in cells:
-        lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+        lines.append(
+            "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+        )
     return "\n".join(lines)
 
 

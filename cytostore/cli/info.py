@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
-from cytostore.cli._common import format_option, render_report, render_rows, store_argument
+from cytostore.cli._common import (
+    format_option,
+    render_report,
+    render_rows,
+    store_argument,
+)
 from cytostore.store import Store
 
 

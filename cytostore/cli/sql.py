@@ -23,7 +23,7 @@ def sql(store: Path, query: str, fmt: str) -> None:
 
     \b
     Example:
-        cytostore sql demo-store "SELECT dataset, label, count(*) AS n FROM cells GROUP BY ALL"
+        cytostore sql demo-store "SELECT label, count(*) AS n FROM cells GROUP BY ALL"
         cytostore sql demo-store "DESCRIBE cell_meta" --format json
     """
     result = Store.open(store).sql(query)

@@ -1,4 +1,4 @@
-"""The on-disk store: DuckDB catalog, vector files, FAISS indexes, search, SQL, export."""
+"""The on-disk store: DuckDB catalog, vectors, FAISS indexes, search, SQL, export."""
 
 from cytostore.store.catalog import CATALOG_FILE, CELL_COLUMNS, QueryResult, Store
 from cytostore.store.vectors import EmbeddingSet, VectorWriter

@@ -185,7 +185,9 @@ class Store(VectorMethods):
             ).fetchone()
             if not has or has[0] == 0:
                 return set()
-            return {r[0] for r in con.execute("SELECT id FROM schema_migrations").fetchall()}
+            return {
+                r[0] for r in con.execute("SELECT id FROM schema_migrations").fetchall()
+            }
 
     def _needs_create(self) -> bool:
         return not self.catalog_path.exists()
@@ -200,7 +202,9 @@ class Store(VectorMethods):
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(id INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP)"
             )
-            done = {r[0] for r in con.execute("SELECT id FROM schema_migrations").fetchall()}
+            done = {
+                r[0] for r in con.execute("SELECT id FROM schema_migrations").fetchall()
+            }
             for number, name, sql in todo:
                 if number in done:
                     continue
@@ -334,7 +338,7 @@ class Store(VectorMethods):
                 raise InvalidWhereError(
                     f"invalid --where {where!r}: {_first_line(exc)} (it is evaluated "
                     "against the columns of cell_meta: see 'cytostore sql STORE "
-                    "\"DESCRIBE cell_meta\"')"
+                    '"DESCRIBE cell_meta"\')'
                 ) from None
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size == 0 and not empty_ok:
@@ -427,9 +431,11 @@ class Store(VectorMethods):
             FROM datasets d ORDER BY d.dataset
             """
         ).dicts()
-        tables = set(self.sql("SELECT table_name FROM information_schema.tables").column(
-            "table_name"
-        ))
+        tables = set(
+            self.sql("SELECT table_name FROM information_schema.tables").column(
+                "table_name"
+            )
+        )
 
         def count(table: str) -> int:
             if table not in tables:
@@ -513,7 +519,9 @@ class Store(VectorMethods):
                 ).fetchall()
             )
             next_id = int(
-                con.execute("SELECT coalesce(max(cell_id), 0) FROM cells").fetchall()[0][0]
+                con.execute("SELECT coalesce(max(cell_id), 0) FROM cells").fetchall()[
+                    0
+                ][0]
             )
             ids: list[int] = []
             new: list[tuple[Any, ...]] = []

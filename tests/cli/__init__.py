@@ -1,1 +1,1 @@
-"""CLI tests (a package, so their module names never clash with tests/<area>/test_*.py)."""
+"""CLI tests (a package, so module names never clash with tests/<area>/test_*.py)."""

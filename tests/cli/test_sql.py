@@ -41,7 +41,9 @@ def test_sql_cli__formats(small_store: Path, fmt: str, expected: str) -> None:
 
 
 def test_sql_cli__json_is_one_array_of_objects(small_store: Path) -> None:
-    result = CliRunner().invoke(main, ["sql", str(small_store), QUERY, "--format", "json"])
+    result = CliRunner().invoke(
+        main, ["sql", str(small_store), QUERY, "--format", "json"]
+    )
     assert result.exit_code == 0
     assert json.loads(result.output) == [
         {"cell_id": 1, "label": "BAS"},

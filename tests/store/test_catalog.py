@@ -55,16 +55,33 @@ def test_upsert_patients__metadata_columns_reach_cell_meta(tmp_store: Store) -> 
     tmp_store.add_cells(
         [
             {"dataset": "mll", "path": "a.tif", "patient_id": "AQK", "label": "NPM1"},
-            {"dataset": "mll", "path": "b.tif", "patient_id": "BHG", "label": "control"},
+            {
+                "dataset": "mll",
+                "path": "b.tif",
+                "patient_id": "BHG",
+                "label": "control",
+            },
         ]
     )
     tmp_store.upsert_patients(
         "mll",
         [
-            {"patient_id": "AQK", "bag_label": "NPM1", "age": 71.5, "sex": "F",
-             "pb_myeloblast": 60.0, "label": "clash"},
-            {"patient_id": "BHG", "bag_label": "control", "age": 40.0, "sex": "M",
-             "pb_myeloblast": 0.0, "label": "clash"},
+            {
+                "patient_id": "AQK",
+                "bag_label": "NPM1",
+                "age": 71.5,
+                "sex": "F",
+                "pb_myeloblast": 60.0,
+                "label": "clash",
+            },
+            {
+                "patient_id": "BHG",
+                "bag_label": "control",
+                "age": 40.0,
+                "sex": "M",
+                "pb_myeloblast": 0.0,
+                "label": "clash",
+            },
         ],
     )
     assert tmp_store.where_ids("age > 60").tolist() == [1]
@@ -90,7 +107,11 @@ def test_where_ids__invalid_sql_and_missing_column_are_one_line_errors(
 
 def test_sql__refuses_writes(tmp_store: Store) -> None:
     tmp_store.add_cells(_cells("lmu", ["BAS_1"]))
-    for statement in ("DELETE FROM cells", "CREATE TABLE x (a INT)", "DROP TABLE cells"):
+    for statement in (
+        "DELETE FROM cells",
+        "CREATE TABLE x (a INT)",
+        "DROP TABLE cells",
+    ):
         with pytest.raises(ReadOnlyError, match="read-only"):
             tmp_store.sql(statement)
     assert tmp_store.sql("SELECT count(*) FROM cells").rows == [(1,)]
@@ -112,7 +133,10 @@ def test_info__counts_per_dataset(tmp_store: Store, tmp_path: Path) -> None:
     assert info["cells"] == 2 and info["skipped"] == 1
     (row,) = info["datasets"]
     assert (row["dataset"], row["cells"], row["labels"], row["skipped"]) == (
-        "lmu", 2, 2, 1,
+        "lmu",
+        2,
+        2,
+        1,
     )
 
 
