@@ -93,7 +93,10 @@ def where_option(func: F) -> F:
     return click.option(
         "--where",
         default=None,
-        help="SQL filter over the columns of cell_meta, e.g. \"dataset='lmu' AND age>60\".",
+        help=(
+            "SQL filter over the columns of cell_meta, "
+            "e.g. \"dataset='lmu' AND age > 60\"."
+        ),
     )(func)
 
 
