@@ -46,7 +46,8 @@ class LinearProbe(BaseHead):
 
     Args:
         l2: Penalty weight, or a tuple of candidates chosen on a validation split.
-        max_iter: L-BFGS iterations of the final fit (at most 50 per candidate).
+        max_iter: L-BFGS iterations of the final fit (at most 30 per candidate;
+            the warm-started refit rarely gains balanced accuracy past 50).
         tol: Gradient tolerance that stops L-BFGS.
         class_weight: ``"balanced"`` (weights ``n / (k * count)``) or ``None``.
         val_size: Fraction of the training data held out to choose ``l2``.
@@ -89,7 +90,7 @@ class LinearProbe(BaseHead):
         self,
         *,
         l2: float | tuple[float, ...] = (1e-2, 1e-3, 1e-4),
-        max_iter: int = 100,
+        max_iter: int = 50,
         tol: float = 1e-4,
         class_weight: str | None = "balanced",
         val_size: float = 0.1,
@@ -195,7 +196,7 @@ class LinearProbe(BaseHead):
         opt = torch.optim.LBFGS(
             [W, b],
             lr=1.0,
-            max_iter=min(self.max_iter, 50) if select else self.max_iter,
+            max_iter=min(self.max_iter, 30) if select else self.max_iter,
             tolerance_grad=self.tol,
             tolerance_change=1e-7,
             history_size=10,
