@@ -36,9 +36,9 @@ BACKBONE_CHOICES = ("tiny", "resnet18", "resnet34", "resnet50", "vit_s16")
 @click.option(
     "--backbone",
     type=click.Choice(BACKBONE_CHOICES),
-    default="resnet18",
+    default="tiny",
     show_default=True,
-    help="Backbone network (tiny: a 4-layer CNN for tests and demos).",
+    help="Backbone (tiny: 4-layer CNN, the CPU recipe; resnet50/vit_s16 for GPUs).",
 )
 @click.option(
     "--epochs",
@@ -62,7 +62,7 @@ BACKBONE_CHOICES = ("tiny", "resnet18", "resnet34", "resnet50", "vit_s16")
 @click.option(
     "--crop-px",
     type=click.IntRange(min=16),
-    default=64,
+    default=96,
     show_default=True,
     help="Input size in pixels (the crop covers --fov-um µm).",
 )

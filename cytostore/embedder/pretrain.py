@@ -58,8 +58,8 @@ logger = logging.getLogger(__name__)
 PRETRAIN_METHODS = (*METHODS, "none")
 #: The default CPU recipe (see docs/recipes.md for the measurements behind it).
 DEFAULT_METHOD = "simclr"
-DEFAULT_BACKBONE = "resnet18"
-DEFAULT_CROP_PX = 64
+DEFAULT_BACKBONE = "tiny"
+DEFAULT_CROP_PX = 96
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_EPOCHS = 100
 #: Loss and kNN curves, written beside the card.
