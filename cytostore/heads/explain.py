@@ -119,7 +119,8 @@ def explain(
     Returns:
         For a cell: ``{"cell_id", "prediction": {"label", "probability",
         "probabilities"}, "true_label", "neighbors": [{"cell_id", "label",
-        "dataset", "patient_id", "distance"}]}``; for a patient: ``{"patient",
+        "dataset", "patient_id", "distance"}]}`` (distance: 1 - cosine similarity
+        for cosine sets, Euclidean for l2 sets); for a patient: ``{"patient",
         "prediction", "true_label", "out_of_fold", "top_cells": [{"cell_id",
         "attention", "neighbors"}]}``; both with ``"montage"`` when written.
 
