@@ -129,13 +129,14 @@ def bench_linear(quick: bool, seed: int) -> tuple[list[list[str]], str]:
             f"l2 {ours.l2_:g}",
         ],
     ]
-    gap = abs(ours_bacc - ref_bacc) * 100
+    gap = (ours_bacc - ref_bacc) * 100
     verdict = (
         f"LinearProbe is {ratio:.1f}x faster than sklearn on {tr.size:,} x 384 x 21 "
         f"(train); balanced accuracy {ours_bacc:.4f} vs {ref_bacc:.4f} "
-        f"({gap:.2f} points apart): "
-        + ("meets" if ratio >= 5 and gap <= 1 else "MISSES")
-        + " the target (>= 5x, within 1 point)."
+        f"({gap:+.2f} points; its l2 is chosen on a validation split, sklearn's is "
+        "C=1): "
+        + ("meets" if ratio >= 5 and gap >= -1 else "MISSES")
+        + " the target (>= 5x faster, balanced accuracy not more than 1 point below)."
     )
     return rows, verdict
 
