@@ -223,16 +223,20 @@ def _geometric(x: Tensor, cfg: AugmentConfig, rand: _Rand) -> Tensor:
 
 
 def _stain_jitter(x: Tensor, sigma: float, rand: _Rand) -> Tensor:
-    """Scale and shift each stain's optical density (HED space)."""
+    """Scale and shift each stain's optical density (HED space).
+
+    ``od' = od @ H diag(alpha) R + beta @ R`` (H: RGB→HED, R: HED→RGB), folded into
+    one per-image 3x3 matrix and offset.
+    """
     b = x.shape[0]
     to_hed = _HED_FROM_RGB.to(x.device)
     to_rgb = _RGB_FROM_HED.to(x.device)
-    od = -torch.log(x.clamp(min=1.0 / 255.0))  # (B, 3, H, W) optical density
-    hed = torch.einsum("bchw,cd->bdhw", od, to_hed)
     alpha = 1.0 + sigma * (2.0 * rand(b, 3) - 1.0)
     beta = 0.1 * sigma * (2.0 * rand(b, 3) - 1.0)
-    hed = hed * alpha.view(b, 3, 1, 1) + beta.view(b, 3, 1, 1)
-    od = torch.einsum("bdhw,dc->bchw", hed, to_rgb)
+    m = to_hed.unsqueeze(0) * alpha.unsqueeze(1) @ to_rgb  # (B, 3, 3)
+    offset = beta @ to_rgb  # (B, 3)
+    od = -torch.log(x.clamp(min=1.0 / 255.0))  # (B, 3, H, W) optical density
+    od = torch.einsum("bchw,bcd->bdhw", od, m) + offset.view(b, 3, 1, 1)
     return torch.exp(-od).clamp(0.0, 1.0)
 
 

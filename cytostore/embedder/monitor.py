@@ -254,6 +254,7 @@ def write_curves(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -261,6 +262,7 @@ def write_curves(
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     ax.plot(xs, [e["loss"] for e in epochs], "o-", color="tab:blue", ms=3, label="loss")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("training loss", color="tab:blue")
     knn_x = [e["epoch"] for e in epochs if e.get("knn") is not None]
     knn_y = [e["knn"] for e in epochs if e.get("knn") is not None]
