@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -129,9 +130,11 @@ class TrainingHistory(pl.Callback):
         mean: Normalisation mean.
         std: Normalisation standard deviation.
         k: Neighbours of the kNN vote.
-        curves_path: Where to (re)write the curves PNG after every epoch; ``None``:
+        curves_path: Where to (re)write the curves PNG after an epoch (at most every
+            ``redraw_every_s`` seconds; the caller draws the final one); ``None``:
             never.
         on_epoch: Called with ``(epoch, loss, knn)`` after each epoch (e.g. logging).
+        redraw_every_s: Least seconds between two drawings of the curves.
 
     Attributes:
         epochs: One dict per finished epoch: ``epoch``, ``loss`` (mean), ``steps``,
@@ -147,6 +150,7 @@ class TrainingHistory(pl.Callback):
         k: int = 20,
         curves_path: str | os.PathLike[str] | None = None,
         on_epoch: Callable[[int, float, float | None], None] | None = None,
+        redraw_every_s: float = 60.0,
     ) -> None:
         self.images_u8 = (
             images_u8 if images_u8 is not None and len(images_u8) >= 10 else None
@@ -160,6 +164,8 @@ class TrainingHistory(pl.Callback):
         self.epochs: list[dict[str, Any]] = []
         self._sum = 0.0
         self._steps = 0
+        self.redraw_every_s = redraw_every_s
+        self._last_drawn_s = -math.inf
 
     @property
     def has_monitor(self) -> bool:
@@ -233,8 +239,11 @@ class TrainingHistory(pl.Callback):
         )
         if self.on_epoch is not None:
             self.on_epoch(int(entry["epoch"]), float(entry["loss"]), knn)
-        if self.curves_path is not None and trainer.is_global_zero:
+        now = time.monotonic()
+        due = now - self._last_drawn_s >= self.redraw_every_s
+        if self.curves_path is not None and trainer.is_global_zero and due:
             write_curves(self.epochs, self.curves_path)
+            self._last_drawn_s = now
 
 
 def write_curves(
