@@ -25,8 +25,7 @@ def test_pretrain_cli__unknown_method_exits_2_listing_valid_ones(
     assert result.exit_code == 2
     assert (
         "'swav' is not one of 'simclr', 'byol', 'dino', 'vicreg', 'barlowtwins', "
-        "'moco', 'none'"
-        in result.output
+        "'moco', 'none'" in result.output
     )
 
 
