@@ -136,15 +136,22 @@ def main() -> int:
 
     ssl_lin, ssl_knn = rows[0][1], rows[0][2]
     best_base = max(r[1] for r in rows[1:])
+    history = (
+        [round(v, 3) for v in card.knn_monitor["history"] if v is not None]
+        if card.knn_monitor
+        else "-"
+    )
+    version = getattr(cytostore, "__version__", "")
     print(
-        "## Quality of SSL pretraining on real cells (pbc_sample, 3,200 cells, 8 classes)\n"
+        "## Quality of SSL pretraining on real cells "
+        "(pbc_sample, 3,200 cells, 8 classes)\n"
     )
     print(
         f"`pretrain(method={method!r}, backbone={backbone!r}, crop_px={crop_px}, "
         f"max_minutes={minutes:g})`: {card.epochs} epochs, {card.extra.get('steps')} "
-        f"steps, {card.wall_s:.0f} s training ({call_s:.0f} s for the whole call incl. "
-        f"cache); final loss {card.final_loss:.3f}; kNN monitor per epoch "
-        f"{[round(v, 3) for v in card.knn_monitor['history'] if v is not None] if card.knn_monitor else '-'}.\n"
+        f"steps, {card.wall_s:.0f} s training ({call_s:.0f} s for the whole call "
+        f"incl. cache); final loss {card.final_loss:.3f}; kNN monitor per epoch "
+        f"{history}.\n"
     )
     print("| features | linear probe (bal. acc., 5-fold) | kNN k=20 (bal. acc., LOO) |")
     print("|---|---:|---:|")
@@ -157,16 +164,16 @@ def main() -> int:
         print(f"| {label} | {lin:.3f} | {knn:.3f} |")
     print()
     print(
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-        f"(shared with other jobs: wall-clock numbers are noisy), torch threads "
-        f"{torch.get_num_threads()}; cytostore {cytostore.__version__ if hasattr(cytostore, '__version__') else ''}, "
+        f"Machine: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores (shared with other jobs: wall-clock numbers are "
+        f"noisy), torch threads {torch.get_num_threads()}; cytostore {version}, "
         f"torch {torch.__version__}.\n"
     )
     goal = ssl_lin >= 0.85 and ssl_knn >= 0.80
     print(
         f"Verdict: SSL linear {ssl_lin:.3f} vs best baseline {best_base:.3f} "
-        f"({ssl_lin - best_base:+.3f}); kNN {ssl_knn:.3f}; goal (>= 0.85 linear, >= 0.80 "
-        f"kNN) {'reached' if goal else 'NOT reached'}."
+        f"({ssl_lin - best_base:+.3f}); kNN {ssl_knn:.3f}; goal (>= 0.85 linear, "
+        f">= 0.80 kNN) {'reached' if goal else 'NOT reached'}."
     )
     return 0
 
