@@ -161,11 +161,11 @@ def pretrain(
     \b
     Example:
         cytostore pretrain demo-store --name tiny-simclr --backbone tiny --epochs 2
-        cytostore pretrain my-store --name r18 --max-minutes 15
-        cytostore pretrain my-store --name r18 --max-minutes 15 --resume
+        cytostore pretrain my-store --name cpu15 --max-minutes 15
+        cytostore pretrain my-store --name cpu15 --max-minutes 15 --resume
         cytostore pretrain big-store --name r50 --backbone resnet50 --crop-px 128 \\
             --batch-size 256 --epochs 100 --devices 4 --strategy ddp
-        cytostore pretrain my-store --name random-r18 --method none
+        cytostore pretrain my-store --name random-tiny --method none
     """
     from cytostore.embedder.pretrain import pretrain as run_pretrain
 
