@@ -290,7 +290,27 @@ class DINO(_MomentumMethod):
         update_momentum(self.projection_head, self.projection_head_momentum, m)
 
 
-class VICReg(SSLMethod):
+class _ProjectedPairMethod(SSLMethod):
+    """A method whose loss compares the projections of the two global views.
+
+    Subclasses set ``projection_head`` and ``criterion`` (a lightly loss taking
+    ``(z_a, z_b)``) in ``__init__``.
+    """
+
+    projection_head: nn.Module
+    criterion: nn.Module
+
+    def training_loss(
+        self, global_views: list[Tensor], local_views: list[Tensor], progress: float
+    ) -> Tensor:
+        """The criterion between the projected global views (local views unused)."""
+        n = global_views[0].shape[0]
+        z = self.projection_head(self.backbone(torch.cat(global_views))).float()
+        loss: Tensor = self.criterion(z[:n], z[n:])
+        return loss
+
+
+class VICReg(_ProjectedPairMethod):
     """VICReg [3]: invariance + variance + covariance terms, no negatives.
 
     Args:
@@ -314,16 +334,8 @@ class VICReg(SSLMethod):
         self.projection_head = VICRegProjectionHead(dim, proj_dim, proj_dim)
         self.criterion = VICRegLoss(gather_distributed=gather_distributed)
 
-    def training_loss(
-        self, global_views: list[Tensor], local_views: list[Tensor], progress: float
-    ) -> Tensor:
-        """VICReg loss between the expanded global views."""
-        n = global_views[0].shape[0]
-        z = self.projection_head(self.backbone(torch.cat(global_views))).float()
-        return self.criterion(z[:n], z[n:])
 
-
-class BarlowTwins(SSLMethod):
+class BarlowTwins(_ProjectedPairMethod):
     """Barlow Twins [4]: push the cross-correlation of the views to the identity.
 
     Args:
@@ -346,14 +358,6 @@ class BarlowTwins(SSLMethod):
         super().__init__(backbone, dim, gather_distributed)
         self.projection_head = BarlowTwinsProjectionHead(dim, proj_dim, proj_dim)
         self.criterion = BarlowTwinsLoss(gather_distributed=gather_distributed)
-
-    def training_loss(
-        self, global_views: list[Tensor], local_views: list[Tensor], progress: float
-    ) -> Tensor:
-        """Barlow Twins loss between the projected global views."""
-        n = global_views[0].shape[0]
-        z = self.projection_head(self.backbone(torch.cat(global_views))).float()
-        return self.criterion(z[:n], z[n:])
 
 
 class MoCo(_MomentumMethod):

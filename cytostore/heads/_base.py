@@ -221,6 +221,29 @@ class BaseHead:
         self.classes_ = classes
         return y_idx.astype(np.int64)
 
+    def _prepare_fit(
+        self, X: Any, y: Any
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Validate the parameters, ``X`` (n, dim) and ``y`` (n,); set ``classes_``.
+
+        Returns:
+            ``X`` as a float32 matrix and ``y`` as class indices into ``classes_``.
+
+        Raises:
+            InvalidArgumentError: If a parameter or ``X`` is invalid, or ``X`` and
+                ``y`` differ in length.
+            LabelError: If ``y`` holds fewer than two classes.
+        """
+        self._validate_params()
+        Xf = as_matrix(X)
+        y_idx = self._encode_labels(y)
+        if Xf.shape[0] != y_idx.size:
+            raise InvalidArgumentError(
+                f"X has {Xf.shape[0]} rows but y has {y_idx.size} labels: "
+                "pass one label per row of X"
+            )
+        return Xf, y_idx
+
     def fit(self, X: Any, y: Any) -> BaseHead:  # pragma: no cover
         """Fit the head; returns ``self``."""
         raise NotImplementedError

@@ -251,7 +251,9 @@ class ABMILHead(BaseHead):
         bags = as_bags(X)
         y_idx = self._encode_labels(y)
         if len(bags) != y_idx.size:
-            raise InvalidArgumentError(f"{len(bags)} bags but {y_idx.size} labels")
+            raise InvalidArgumentError(
+                f"{len(bags)} bags but {y_idx.size} labels: pass one label per bag"
+            )
         n_classes = self.classes_.size
         device = resolve_device(self.device)
         train_bags, train_y = bags, y_idx

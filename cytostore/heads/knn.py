@@ -69,9 +69,7 @@ class KNNHead(BaseHead):
             InvalidArgumentError: If a parameter or ``X`` is invalid.
             LabelError: If ``y`` has fewer than two classes.
         """
-        self._validate_params()
-        Xf = as_matrix(X)
-        y_idx = self._encode_labels(y)
+        Xf, y_idx = self._prepare_fit(X, y)
         self.X_fit_ = _normalise(Xf)
         self.y_fit_ = y_idx
         self.n_features_in_ = Xf.shape[1]

@@ -116,15 +116,7 @@ class LinearProbe(BaseHead):
         """
         import torch
 
-        self._validate_params()
-        Xf = as_matrix(X)
-        y_idx = self._encode_labels(y)
-        if Xf.shape[0] != y_idx.size:
-            from cytostore.errors import InvalidArgumentError
-
-            raise InvalidArgumentError(
-                f"X has {Xf.shape[0]} rows but y has {y_idx.size} labels"
-            )
+        Xf, y_idx = self._prepare_fit(X, y)
         n_classes = self.classes_.size
         mean = Xf.mean(axis=0, dtype=np.float64).astype(np.float32)
         scale = Xf.std(axis=0, dtype=np.float64).astype(np.float32)

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cytostore.errors import InvalidArgumentError
 from cytostore.heads._base import (
     BaseHead,
     Constraint,
@@ -139,13 +138,7 @@ class MLPHead(BaseHead):
             InvalidArgumentError: If a parameter or ``X`` is invalid.
             LabelError: If ``y`` has fewer than two classes.
         """
-        self._validate_params()
-        Xf = as_matrix(X)
-        y_idx = self._encode_labels(y)
-        if Xf.shape[0] != y_idx.size:
-            raise InvalidArgumentError(
-                f"X has {Xf.shape[0]} rows but y has {y_idx.size} labels"
-            )
+        Xf, y_idx = self._prepare_fit(X, y)
         n_classes = self.classes_.size
         device = resolve_device(self.device)
         tr, va = inner_validation_split(y_idx, self.val_size, self.seed)

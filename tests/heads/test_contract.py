@@ -102,6 +102,13 @@ def test_head__invalid_param_is_rejected_at_fit(make: Any, data: Any) -> None:
         head.fit(X, y)
 
 
+@pytest.mark.parametrize(("make", "data"), HEADS, ids=IDS)
+def test_head__x_and_y_of_different_lengths_are_rejected(make: Any, data: Any) -> None:
+    X, y = data(0)
+    with pytest.raises(InvalidArgumentError, match="one label per"):
+        make().fit(X, np.asarray(y)[:-1])
+
+
 def test_abmil__rejects_a_matrix_instead_of_bags() -> None:
     X, y = _cells()
     with pytest.raises(InvalidArgumentError, match="bags"):
