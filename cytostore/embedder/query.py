@@ -96,8 +96,7 @@ def search(
 
     Raises:
         InvalidArgumentError: If not exactly one of ``cell``/``image`` is given, the
-            image file does not exist, or the cell has no vector.
-        ImageDecodeError: If the image file is not an image.
+            image file does not exist or is not an image, or the cell has no vector.
         UnknownEmbeddingSetError, InvalidWhereError, EmptySelectionError: See
             :meth:`Store.search`.
     """
@@ -118,7 +117,10 @@ def search(
         if not include_self:
             exclude = np.asarray([int(cell)], np.int64)
     else:
-        vec = _embed_image(store, es, Path(str(image)), um_per_px, device)
+        try:
+            vec = _embed_image(store, es, Path(str(image)), um_per_px, device)
+        except ImageDecodeError as exc:
+            raise InvalidArgumentError(f"--image: {exc}") from None
         query = {"image": str(image)}
     dist, ids = searcher.knn(searcher.prepare(vec), int(k), exclude)
     hits = ids[0][ids[0] >= 0]

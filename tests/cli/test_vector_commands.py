@@ -169,13 +169,15 @@ def test_search__bad_input(
     assert exit_code == code and message in err and "Traceback" not in err
 
 
-def test_search__not_an_image_is_one_line_error(
+def test_search__not_an_image_is_a_usage_error(
     embedded_store: Path, tmp_path: Path
 ) -> None:
     bad = tmp_path / "cell.png"
     bad.write_bytes(b"not a png at all")
     code, _, err = _run("search", embedded_store, "--image", bad)
-    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("Error: --image: ")
+    assert "not an image" in err
 
 
 def test_search__corrupt_vector_file_is_detected(embedded_store_copy: Path) -> None:
