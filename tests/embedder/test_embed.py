@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from cytostore.errors import (
 )
 from cytostore.store import Store
 from cytostore.store import vectors as vectors_mod
+
+embed_mod = importlib.import_module("cytostore.embedder.embed")
 
 MODEL = "rnd"
 
@@ -139,6 +142,7 @@ def test_embed__disk_full_midway_then_rerun_completes(
         real(f, data)
 
     monkeypatch.setattr(vectors_mod, "_write_all", fail_on_third)
+    monkeypatch.setattr(embed_mod, "COMMIT_CELLS", 2)  # one commit per batch
     with pytest.raises(StoreWriteError, match="disk is full"):
         embed(model_store, MODEL, batch_size=2, device="cpu")
     assert model_store.embedding_set().n_vectors == 4
@@ -153,8 +157,10 @@ def test_embed__disk_full_midway_then_rerun_completes(
 _KILLER = textwrap.dedent(
     """
     import os, signal, sys
+    import importlib
     from cytostore.embedder import embed
     from cytostore.store import Store, vectors
+    importlib.import_module("cytostore.embedder.embed").COMMIT_CELLS = 2
     store, when = Store.open(sys.argv[1]), sys.argv[2]
     real, n = vectors._write_all, {"writes": 0}
     def write(f, data):
@@ -196,3 +202,21 @@ def test_embed__kill_9_then_rerun_has_every_cell_once(
     assert sorted(ids.tolist()) == want_ids.tolist()
     np.testing.assert_allclose(x, want[np.searchsorted(want_ids, ids)], atol=1e-5)
     assert model_store.search(int(ids[0]), k=11)[1].min() > 0
+
+
+def test_embed__batches_are_gathered_into_fewer_commits(
+    model_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits: list[int] = []
+    real = vectors_mod.VectorWriter.append
+
+    def counting(self, ids, vectors):  # type: ignore[no-untyped-def]
+        commits.append(len(ids))
+        return real(self, ids, vectors)
+
+    monkeypatch.setattr(vectors_mod.VectorWriter, "append", counting)
+    monkeypatch.setattr(embed_mod, "COMMIT_CELLS", 5)
+    monkeypatch.setattr(embed_mod, "COMMIT_EVERY_S", 1e9)  # cells decide, not time
+    report = embed(model_store, MODEL, batch_size=2, device="cpu")
+    assert report["embedded"] == 12 and sum(commits) == 12
+    assert commits == [6, 6]  # 2+2+2 >= 5, then the rest at the end
