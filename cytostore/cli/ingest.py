@@ -89,7 +89,8 @@ def ingest(
         cytostore ingest demo-store demo-data
         cytostore ingest my-store ~/Downloads/TCIA --workers 4
         cytostore ingest my-store exports/ --pattern '{patient_id}/{label}/*.jpg'
-        cytostore ingest my-store exports/ --patients patients.csv --pattern '{patient_id}/*.png'
+        cytostore ingest my-store exports/ --patients patients.csv \\
+            --pattern '{patient_id}/*.png'
     """
     from cytostore.data import ingest as run_ingest
 
