@@ -27,6 +27,7 @@ __all__ = [
     "where_option",
     "render_rows",
     "render_report",
+    "render_head_report",
     "progress_bar",
     "echo_summary",
     "to_jsonable",
@@ -181,6 +182,15 @@ def render_report(report: dict[str, Any], fmt: str) -> str:
 
     walk("", report, 0)
     return "\n".join(line for line in lines if line)
+
+
+def render_head_report(report: dict[str, Any], fmt: str) -> str:
+    """Return a head's report (probe, mil) as one JSON document or readable tables."""
+    if fmt == "json":
+        return render_report(report, "json")
+    from cytostore.heads.report import format_report
+
+    return format_report(report)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from cytostore.cli._common import (
     echo_summary,
     format_option,
     progress_bar,
-    render_report,
+    render_head_report,
     seed_option,
     store_argument,
     where_option,
@@ -117,12 +117,7 @@ def mil(
             device=device,
             progress=progress,
         )
-    if fmt == "json":
-        click.echo(render_report(report, "json"))
-    else:
-        from cytostore.heads.report import format_report
-
-        click.echo(format_report(report))
+    click.echo(render_head_report(report, fmt))
     echo_summary(
         f"head {report['head']!r} saved: balanced accuracy "
         f"{report['balanced_accuracy']:.3f} over {report['n_test']} patients; "

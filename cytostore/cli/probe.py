@@ -11,7 +11,7 @@ from cytostore.cli._common import (
     echo_summary,
     format_option,
     progress_bar,
-    render_report,
+    render_head_report,
     seed_option,
     store_argument,
     where_option,
@@ -165,12 +165,7 @@ def probe(
             device=device,
             progress=progress,
         )
-    if fmt == "json":
-        click.echo(render_report(report, "json"))
-    else:
-        from cytostore.heads.report import format_report
-
-        click.echo(format_report(report))
+    click.echo(render_head_report(report, fmt))
     echo_summary(
         f"head {report['head']!r} saved: balanced accuracy "
         f"{report['balanced_accuracy']:.3f} on {report['n_test']} test cells"
