@@ -511,11 +511,15 @@ class Store(VectorMethods):
         if not rows:
             return np.zeros(0, dtype=np.int64)
         with self.transaction() as con:
+            # Only the rows' own keys come back, not every cell of their datasets
+            # (ingest calls this once per chunk: fetching the whole dataset each
+            # time grew quadratically with its size).
             existing = dict(
                 con.execute(
-                    "SELECT dataset || chr(0) || path, cell_id FROM cells "
-                    "WHERE dataset IN (SELECT unnest(?))",
-                    [sorted({r["dataset"] for r in rows})],
+                    "SELECT c.dataset || chr(0) || c.path, c.cell_id FROM cells c "
+                    "JOIN (SELECT unnest(?) AS dataset, unnest(?) AS path) q "
+                    "ON c.dataset = q.dataset AND c.path = q.path",
+                    [[r["dataset"] for r in rows], [r["path"] for r in rows]],
                 ).fetchall()
             )
             next_id = int(
