@@ -638,9 +638,3 @@ def _insert_cells(con: duckdb.DuckDBPyConnection, new: list[tuple[Any, ...]]) ->
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def require_selection(ids: npt.NDArray[np.int64], what: str) -> None:
-    """Raise :class:`EmptySelectionError` naming ``what`` if ``ids`` is empty."""
-    if ids.size == 0:
-        raise EmptySelectionError(f"{what} selects no cells: loosen the filter")
