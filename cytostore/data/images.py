@@ -21,11 +21,12 @@ import io
 import logging
 import mmap
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, TiffImagePlugin, UnidentifiedImageError
 
 from cytostore.errors import ImageDecodeError
 
@@ -46,6 +47,8 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2"}
 )
 _SMALL_FILE_BYTES = 256 * 1024
+#: Files up to this size are read into memory once (hash + decode the same bytes).
+_READ_WHOLE_BYTES = 64 * 1024 * 1024
 _HIDDEN_NAMES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db"})
 _DECODE_ERRORS = (
     OSError,
@@ -189,8 +192,127 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise ImageDecodeError(f"{path} is not a readable image ({exc})") from None
 
 
+# ------------------------------------------------------------ uncompressed TIFF
+# The (photometric, bits per sample, extra samples) combinations of 8-bit,
+# uncompressed, chunky TIFFs that Pillow decodes with its plain "raw" decoder.
+_RAW_TIFF_KINDS = frozenset(
+    {
+        (1, (8,), ()),
+        (1, (8, 8), (0,)),
+        (1, (8, 8), (1,)),
+        (1, (8, 8), (2,)),
+        (2, (8, 8, 8), ()),
+        (2, (8, 8, 8, 8), ()),
+        (2, (8, 8, 8, 8), (0,)),
+        (2, (8, 8, 8, 8), (1,)),
+        (2, (8, 8, 8, 8), (2,)),
+    }
+)
+_TIFF_INT_TYPES = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4)}
+# Tags that take the file off the fast path whatever their value: tiles, JPEG
+# tables, a colour map, YCbCr, and Windows Media Photo (which Pillow refuses).
+_TIFF_OFF_PATH_TAGS = frozenset({320, 322, 323, 324, 325, 347, 530, 0xBC01})
+
+
+def _tiff_ifd0(data: bytes) -> dict[int, tuple[int, ...]] | None:
+    """Parse the integer tags of a classic TIFF's first IFD, or None if unsure."""
+    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if order is None or len(data) < 8:
+        return None
+    magic, offset = struct.unpack_from(order + "HI", data, 2)
+    if magic != 42 or offset < 8 or offset + 2 > len(data):
+        return None
+    (n,) = struct.unpack_from(order + "H", data, offset)
+    if n == 0 or offset + 2 + 12 * n > len(data):
+        return None
+    tags: dict[int, tuple[int, ...]] = {}
+    for i in range(n):
+        tag, typ, count, value = struct.unpack_from(
+            order + "HHI4s", data, offset + 2 + 12 * i
+        )
+        if tag in _TIFF_OFF_PATH_TAGS:
+            return None
+        if typ not in _TIFF_INT_TYPES:
+            continue  # rationals, strings: resolution, software, ... (not needed)
+        fmt, size = _TIFF_INT_TYPES[typ]
+        if count == 0 or count > 1 << 20:
+            return None
+        if count * size <= 4:
+            raw = value[: count * size]
+        else:
+            (where,) = struct.unpack(order + "I", value)
+            if where + count * size > len(data):
+                return None
+            raw = data[where : where + count * size]
+        tags[tag] = struct.unpack(f"{order}{count}{fmt}", raw)
+    return tags
+
+
+def _raw_tiff_size(data: bytes) -> tuple[int, int] | None:
+    """Return ``(width, height)`` of a complete uncompressed 8-bit TIFF, else None.
+
+    Decoding an uncompressed image is copying its bytes, so checking that every
+    strip's rows lie inside the file is the check Pillow's raw decoder makes (a
+    short file raises "image file is truncated"), at a fraction of Pillow's cost
+    for parsing the header in Python. Only the plain cases are accepted: one
+    classic (not Big-) TIFF IFD, compression 1, chunky planes, fill order 1,
+    unsigned samples, 8 bits, grey or RGB with at most one extra sample, strips,
+    no rotation that swaps the sides. Anything else returns None and goes to
+    Pillow, so this never rejects a file Pillow reads.
+    """
+    tags = _tiff_ifd0(data)
+    if tags is None:
+        return None
+
+    def one(tag: int, default: int | None = None) -> int | None:
+        v = tags.get(tag)
+        return default if v is None else (v[0] if len(v) == 1 else None)
+
+    width, height = one(256), one(257)
+    spp = one(277, 1)
+    if not width or not height or spp is None:
+        return None
+    if (
+        one(259, 1) != 1  # compression
+        or one(284, 1) != 1  # planar configuration
+        or one(266, 1) != 1  # fill order
+        or one(274, 1) not in (1, 2, 3, 4)  # orientation keeping width x height
+        or set(tags.get(339, (1,))) != {1}  # sample format: unsigned integer
+    ):
+        return None
+    bps = tags.get(258, (1,))
+    if len(bps) == 1 and spp > 1:
+        bps = bps * spp
+    kind = (one(262), bps, tags.get(338, ()))
+    if len(bps) != spp or kind not in _RAW_TIFF_KINDS:
+        return None
+    prefix = data[:2]
+    if (prefix, kind[0], (1,), 1, kind[1], kind[2]) not in TiffImagePlugin.OPEN_INFO:
+        return None
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        return None  # Pillow warns or refuses: let it
+    rows = one(278, 2**32 - 1) or 0
+    offsets = tags.get(273)
+    if rows <= 0 or offsets is None:
+        return None
+    rows = min(rows, height)
+    if len(offsets) != -(-height // rows):
+        return None
+    stride = width * spp
+    for i, start in enumerate(offsets):
+        n_rows = min(rows, height - i * rows)
+        if start <= 0 or start + n_rows * stride > len(data):
+            return None  # truncated (or odd): Pillow says which
+    return width, height
+
+
 def probe_image(path: str | Path) -> tuple[int, int, str]:
     """Hash a file's bytes (sha256) and fully decode it, as ingest does.
+
+    Uncompressed 8-bit TIFFs (LMU's and MLL's) are checked by a small strip-bounds
+    check on the bytes already read for the hash (see :func:`_raw_tiff_size`);
+    every other image is decoded by Pillow.
 
     Args:
         path: The image file.
@@ -209,15 +331,19 @@ def probe_image(path: str | Path) -> tuple[int, int, str]:
             size = os.fstat(fh.fileno()).st_size
             if size == 0:
                 raise ImageDecodeError("empty file (0 bytes)")
-            if size <= _SMALL_FILE_BYTES:
-                # Small (compressed) files: read once, hash and decode the same bytes.
+            if size <= _READ_WHOLE_BYTES:
+                # Read once; hash and decode the same bytes.
                 data = fh.read()
                 digest = hashlib.sha256(data).hexdigest()
-                source = io.BytesIO(data)
+                fast = _raw_tiff_size(data)
+                if fast is not None:
+                    return fast[0], fast[1], digest
+                if size <= _SMALL_FILE_BYTES:
+                    source = io.BytesIO(data)
+                # Larger files: Pillow opens the path, which it memory-maps for
+                # uncompressed images (decoding those from bytes copies line by line).
             else:
-                # Large files: hash through a read-only memory map (no copy) and let
-                # Pillow open the path, which it memory-maps for uncompressed TIFFs
-                # (half the cost of reading LMU's 640 kB TIFFs into bytes).
+                # Huge files: hash through a read-only memory map (no copy).
                 with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                     digest = hashlib.sha256(mm).hexdigest()
     except OSError as exc:

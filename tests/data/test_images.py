@@ -113,3 +113,68 @@ def test_probe_image__hash_and_size(
     w, h, digest = probe_image(path)
     assert (w, h) == (7, 5) == image_size(path)
     assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _pillow_verdict(path: Path) -> tuple[int, int] | None:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.width, img.height
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+@pytest.mark.parametrize("compression", [None, "tiff_lzw", "packbits"])
+@pytest.mark.parametrize("size", [(7, 5), (150, 120)])
+def test_probe_image__tiff_agrees_with_pillow_whole_and_truncated(
+    tmp_path: Path,
+    mode: str,
+    compression: str | None,
+    size: tuple[int, int],
+) -> None:
+    """The uncompressed-TIFF fast path accepts exactly what Pillow decodes."""
+    rng = np.random.default_rng(len(mode) + size[0])
+    bands = len(mode)
+    arr = rng.integers(0, 256, (size[1], size[0], bands), dtype=np.uint8)
+    img = Image.fromarray(arr[:, :, 0] if bands == 1 else arr, mode)
+    whole = tmp_path / "whole.tif"
+    img.save(whole, compression=compression)
+    data = whole.read_bytes()
+    # Cut anywhere: inside the header, the IFD, the first strip, the last byte.
+    for n in sorted({len(data), len(data) - 1, len(data) // 2, 300, 60, 9}):
+        if n > len(data):
+            continue
+        cut = tmp_path / f"cut{n}.tif"
+        cut.write_bytes(data[:n])
+        expected = _pillow_verdict(cut)
+        if expected is None:
+            with pytest.raises(ImageDecodeError):
+                probe_image(cut)
+        else:
+            w, h, digest = probe_image(cut)
+            assert (w, h) == expected
+            assert digest == hashlib.sha256(data[:n]).hexdigest()
+    assert probe_image(whole)[:2] == size
+
+
+def test_raw_tiff_size__takes_plain_tiffs_and_leaves_the_rest_to_pillow(
+    tmp_path: Path,
+) -> None:
+    from cytostore.data.images import _raw_tiff_size
+
+    rgba = np.zeros((400, 400, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    path = tmp_path / "lmu.tiff"
+    Image.fromarray(rgba, "RGBA").save(path)  # several strips of <= 64 kB
+    data = path.read_bytes()
+    assert _raw_tiff_size(data) == (400, 400)
+    assert _raw_tiff_size(data[:-1]) is None  # last strip one byte short
+    Image.fromarray(rgba, "RGBA").save(path, compression="tiff_lzw")
+    assert _raw_tiff_size(path.read_bytes()) is None  # compressed: Pillow decodes
+    Image.new("I;16", (4, 4)).save(path)
+    assert _raw_tiff_size(path.read_bytes()) is None  # 16-bit: Pillow decodes
+    Image.new("1", (9, 3)).save(path)
+    assert _raw_tiff_size(path.read_bytes()) is None  # 1-bit: Pillow decodes
+    assert _raw_tiff_size(b"II*\x00" + b"\xff" * 20) is None
+    assert _raw_tiff_size(b"\x89PNG\r\n") is None
