@@ -14,9 +14,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from cytostore.data.listing import CellRecord, DatasetListing, ReadOptions, split_files
+from cytostore.data.listing import (
+    CellRecord,
+    DatasetListing,
+    ReadOptions,
+    posix_parts,
+    split_files,
+)
 from cytostore.data.vocabulary import cell_type
 
 __all__ = ["LAYOUT", "DATASET", "UM_PER_PX", "N_EXPECTED", "CODES", "anchor_of", "read"]
@@ -93,7 +99,7 @@ def read(
     )
     outside = 0
     for rel in images:
-        parts = PurePosixPath(rel).parts
+        parts = posix_parts(rel)
         if len(parts) < 2 or parts[0].upper() not in CODES:
             outside += 1
             continue

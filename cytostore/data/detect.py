@@ -253,13 +253,12 @@ def detect(
             continue
         for d, names in tree.items():
             for n in names:
-                z = d / n
                 if (
                     n.lower().endswith(".zip")
                     and not is_hidden(n)
-                    and _zip_has_images(z)
+                    and _zip_has_images(d / n)
                 ):
-                    extracted = _extract(z, sources_dir)
+                    extracted = _extract(d / n, sources_dir)
                     roots.append((extracted, (extracted, d, *stops)))
     if not any(names for tree, _ in trees for names in tree.values()):
         raise InvalidArgumentError(

@@ -2,16 +2,18 @@
 
 Each new file is read once, hashed (sha256) and fully decoded, in parallel worker
 processes; files already catalogued under the same (dataset, path) are not read
-again, so re-ingesting adds nothing and keeps every id. Results are committed every
-:data:`COMMIT_EVERY` files, one transaction each, in a fixed order (datasets in
-detection order, files sorted by path): an ingest killed part-way and run again
-finishes the job with no duplicates and the same ids an uninterrupted run gives.
+again, so re-ingesting adds nothing and keeps every id. Results are committed at
+least :data:`COMMIT_EVERY` files and :data:`COMMIT_MIN_S` seconds apart, one
+transaction each, in a fixed order (datasets in detection order, files sorted by
+path): an ingest killed part-way and run again finishes the job with no duplicates
+and the same ids an uninterrupted run gives.
 Unreadable inputs (hidden files, empty, truncated or non-image files) become rows of
 ``skipped`` with the reason; the ingest goes on.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import os
@@ -28,14 +30,18 @@ from cytostore.data.listing import CellRecord, DatasetListing, ReadOptions
 from cytostore.errors import ImageDecodeError, InvalidArgumentError
 from cytostore.store import Store
 
-__all__ = ["ingest", "IngestReport", "DatasetReport", "COMMIT_EVERY"]
+__all__ = ["ingest", "IngestReport", "DatasetReport", "COMMIT_EVERY", "COMMIT_MIN_S"]
 
 logger = logging.getLogger(__name__)
 
-#: Files per catalog transaction.
+#: Fewest files per catalog transaction (but for the last) ...
 COMMIT_EVERY = 2000
+#: ... and fewest seconds between two commits.
+COMMIT_MIN_S = 2.0
 #: Below this many new files, decode in this process (starting workers costs more).
 MIN_PARALLEL = 256
+#: Most files sent to a worker at once.
+CHUNK = 256
 _TCIA = ("lmu", "mll_helmholtz", "bm")
 
 
@@ -104,7 +110,10 @@ class IngestReport:
         return out
 
 
-def _probe(path: str) -> tuple[int, int, str | None, str | None]:
+_Probed = tuple[int, int, str | None, str | None]
+
+
+def _probe(path: str) -> _Probed:
     """Worker: ``(width, height, sha256, None)`` or ``(0, 0, None, reason)``."""
     try:
         w, h, digest = probe_image(path)
@@ -113,30 +122,36 @@ def _probe(path: str) -> tuple[int, int, str | None, str | None]:
     return w, h, digest, None
 
 
+def _probe_many(paths: Sequence[str]) -> list[_Probed]:
+    """Worker: :func:`_probe` over one chunk of paths (one hand-off per chunk)."""
+    return [_probe(p) for p in paths]
+
+
 class _Prober:
     """Maps :func:`_probe` over paths, in order, in a lazily started process pool.
 
-    Workers are forked where the OS can (Linux, macOS): they only run Pillow and
-    hashlib, start at once, and never re-run the caller's ``__main__`` (a spawned
-    worker re-imports the calling script, which breaks unguarded scripts and
-    ``python -`` pipes). Elsewhere they are spawned.
+    Paths travel to the workers in chunks of up to :data:`CHUNK` (one pickle and
+    one future per chunk, not per file). Workers are forked where the OS can
+    (Linux, macOS): they only run Pillow and hashlib, start at once, and never re-run
+    the caller's ``__main__`` (a spawned worker re-imports the calling script, which
+    breaks unguarded scripts and ``python -`` pipes). Elsewhere they are spawned.
     """
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
 
-    def map(
-        self, paths: Sequence[str]
-    ) -> Iterator[tuple[int, int, str | None, str | None]]:
+    def map(self, paths: Sequence[str]) -> Iterator[_Probed]:
         if self.workers <= 1 or len(paths) < MIN_PARALLEL:
             return map(_probe, paths)
         if self._pool is None:
             methods = multiprocessing.get_all_start_methods()
             ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
             self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
-        chunksize = max(1, min(64, len(paths) // (self.workers * 8)))
-        return self._pool.map(_probe, paths, chunksize=chunksize)
+        # Enough chunks to keep every worker busy to the end, none over CHUNK.
+        size = max(1, min(CHUNK, len(paths) // (self.workers * 4)))
+        chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
+        return itertools.chain.from_iterable(self._pool.map(_probe_many, chunks))
 
     def close(self) -> None:
         if self._pool is not None:
@@ -217,51 +232,86 @@ def _row(
     }
 
 
-def _ingest_one(
+def _prepare(
     store: Store,
     listing: DatasetListing,
-    prober: _Prober,
     report: DatasetReport,
     tick: Callable[[int], None],
-) -> None:
-    with store.transaction():
-        store.upsert_dataset(
-            listing.dataset,
-            listing.layout,
-            listing.root,
-            listing.um_per_px,
-            listing.n_expected,
-        )
-        store.upsert_patients(listing.dataset, listing.patients)
-        store.add_skipped(
-            [(listing.dataset, p, "hidden or system file") for p in listing.hidden]
-        )
-        existing = store.existing_paths(listing.dataset)
+) -> list[CellRecord]:
+    """Register the dataset, its patients and clutter; return its new cells."""
+    store.upsert_dataset(
+        listing.dataset,
+        listing.layout,
+        listing.root,
+        listing.um_per_px,
+        listing.n_expected,
+    )
+    store.upsert_patients(listing.dataset, listing.patients)
+    store.add_skipped(
+        [(listing.dataset, p, "hidden or system file") for p in listing.hidden]
+    )
+    existing = store.existing_paths(listing.dataset)
     report.skipped += len(listing.hidden)
     tick(len(listing.hidden))
     todo = [c for c in listing.cells if c.path not in existing]
     report.existing = len(listing.cells) - len(todo)
     tick(report.existing)
-    paths = [str(listing.root / c.path) for c in todo]
+    return todo
+
+
+def _ingest_all(
+    store: Store,
+    listings: Sequence[DatasetListing],
+    reports: Sequence[DatasetReport],
+    prober: _Prober,
+    tick: Callable[[int], None],
+) -> None:
+    """Probe the new files of every dataset in one stream; commit them in order.
+
+    One stream keeps the workers busy across dataset boundaries; a commit holds
+    at least :data:`COMMIT_EVERY` files and follows the last by at least
+    :data:`COMMIT_MIN_S` seconds (opening the catalog costs tens of milliseconds).
+    """
+    with store.transaction():
+        todos = [
+            _prepare(store, li, rep, tick)
+            for li, rep in zip(listings, reports, strict=True)
+        ]
+    jobs = [(i, cell) for i, todo in enumerate(todos) for cell in todo]
+    roots = [str(li.root) for li in listings]
+    paths = [os.path.join(roots[i], cell.path) for i, cell in jobs]
     cells: list[dict[str, Any]] = []
     bad: list[tuple[str, str, str]] = []
+    added = [0] * len(listings)
+    skipped = [0] * len(listings)
+    last = time.monotonic()
 
     def flush() -> None:
+        nonlocal last
         with store.transaction():
             store.add_cells(cells)
             store.add_skipped(bad)
-        report.added += len(cells)
-        report.skipped += len(bad)
+        for i, rep in enumerate(reports):
+            rep.added += added[i]
+            rep.skipped += skipped[i]
+            added[i] = skipped[i] = 0
         tick(len(cells) + len(bad))
         cells.clear()
         bad.clear()
+        last = time.monotonic()
 
-    for cell, (w, h, sha, reason) in zip(todo, prober.map(paths), strict=True):
+    for (i, cell), (w, h, sha, reason) in zip(jobs, prober.map(paths), strict=True):
+        li = listings[i]
         if reason is None and sha is not None:
-            cells.append(_row(listing, cell, w, h, sha))
+            cells.append(_row(li, cell, w, h, sha))
+            added[i] += 1
         else:
-            bad.append((listing.dataset, cell.path, reason or "unreadable"))
-        if len(cells) + len(bad) >= COMMIT_EVERY:
+            bad.append((li.dataset, cell.path, reason or "unreadable"))
+            skipped[i] += 1
+        if (
+            len(cells) + len(bad) >= COMMIT_EVERY
+            and time.monotonic() - last >= COMMIT_MIN_S
+        ):
             flush()
     flush()
 
@@ -372,19 +422,24 @@ def ingest(
         if progress is not None and n:
             progress(done, total)
 
+    report.datasets = [
+        DatasetReport(
+            dataset=li.dataset,
+            layout=li.layout,
+            root=str(li.root.resolve()),
+            found=len(li.cells) + len(li.hidden),
+            expected=li.n_expected,
+            um_per_px=li.um_per_px,
+        )
+        for li in listings
+    ]
     prober = _Prober(workers or os.cpu_count() or 1)
     try:
-        for listing in listings:
-            rep = DatasetReport(
-                dataset=listing.dataset,
-                layout=listing.layout,
-                root=str(listing.root.resolve()),
-                found=len(listing.cells) + len(listing.hidden),
-                expected=listing.n_expected,
-                um_per_px=listing.um_per_px,
-            )
-            report.datasets.append(rep)
-            _ingest_one(st, listing, prober, rep, tick)
+        _ingest_all(st, listings, report.datasets, prober, tick)
+    finally:
+        prober.close()
+    with st.connect(read_only=True):
+        for listing, rep in zip(listings, report.datasets, strict=True):
             report.warnings.extend(_count_warnings(st, listing, rep))
             logger.info(
                 "%s: %d added, %d existing, %d skipped",
@@ -393,7 +448,5 @@ def ingest(
                 rep.existing,
                 rep.skipped,
             )
-    finally:
-        prober.close()
     report.elapsed_s = time.perf_counter() - start
     return report

@@ -29,6 +29,7 @@ __all__ = [
     "ReadOptions",
     "find_metadata",
     "split_files",
+    "posix_parts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,16 @@ class DatasetListing:
     warnings: list[str] = field(default_factory=list)
 
 
+def posix_parts(rel: str) -> list[str]:
+    """Return the parts of a relative POSIX path (``PurePosixPath.parts``, faster).
+
+    Examples:
+        >>> posix_parts("BAS/./BAS_0001.tiff"), posix_parts("a//b/")
+        (['BAS', 'BAS_0001.tiff'], ['a', 'b'])
+    """
+    return [p for p in rel.split("/") if p and p != "."]
+
+
 def split_files(files: Sequence[str]) -> tuple[list[str], list[str]]:
     """Split relative paths into image-named files and hidden clutter.
 
@@ -119,7 +130,9 @@ def split_files(files: Sequence[str]) -> tuple[list[str], list[str]]:
     images: list[str] = []
     hidden: list[str] = []
     for f in files:
-        parts = PurePosixPath(f).parts
+        parts = posix_parts(f)
+        if not parts:
+            continue
         if any(is_hidden(p) for p in parts):
             hidden.append(f)
         elif is_image_name(parts[-1]):

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from cytostore.data.listing import (
     CellRecord,
     DatasetListing,
     ReadOptions,
     find_metadata,
+    posix_parts,
     split_files,
 )
 from cytostore.data.vocabulary import cell_type
@@ -119,7 +120,7 @@ def read(
         annotations = _read_annotations(found[1].decode("utf-8", errors="replace"))
     outside = 0
     for rel in images:
-        parts = PurePosixPath(rel).parts
+        parts = posix_parts(rel)
         if len(parts) < 2 or parts[0].upper() not in CODES:
             outside += 1
             continue

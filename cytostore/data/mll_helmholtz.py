@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from cytostore.data.listing import (
@@ -29,6 +29,7 @@ from cytostore.data.listing import (
     DatasetListing,
     ReadOptions,
     find_metadata,
+    posix_parts,
     split_files,
 )
 from cytostore.data.tables import parse_sex, read_table
@@ -141,7 +142,7 @@ def read(
     counts: Counter[str] = Counter()
     outside = 0
     for rel in images:
-        parts = PurePosixPath(rel).parts
+        parts = posix_parts(rel)
         if len(parts) != 3 or parts[0].lower() not in _BAGS:
             outside += 1
             continue

@@ -208,6 +208,7 @@ def test_ingest__interrupted_between_commits_resumes_with_same_ids(
     clean = Store.create(tmp_path / "clean")
     ingest(clean, root, workers=1)
     monkeypatch.setattr(ingest_mod, "COMMIT_EVERY", 4)
+    monkeypatch.setattr(ingest_mod, "COMMIT_MIN_S", 0.0)
     store = Store.create(tmp_path / "broken")
 
     def stop(done: int, total: int) -> None:
@@ -236,6 +237,7 @@ def test_ingest__killed_process_rerun_completes_without_duplicates(
         "import importlib, sys, time\n"
         "m = importlib.import_module('cytostore.data.ingest')\n"
         "m.COMMIT_EVERY = 5\n"
+        "m.COMMIT_MIN_S = 0.0\n"
         "def tick(done, total):\n"
         "    print(done, flush=True)\n"
         "    time.sleep(0.2)\n"
