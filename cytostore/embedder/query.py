@@ -100,15 +100,13 @@ def search(
         UnknownEmbeddingSetError, InvalidWhereError, EmptySelectionError: See
             :meth:`Store.search`.
     """
-    from cytostore.store.search import Searcher
-
     if (cell is None) == (image is None):
         raise InvalidArgumentError("give exactly one of --cell ID or --image PATH")
     if int(k) < 1:
         raise InvalidArgumentError(f"k must be >= 1, got {k}")
     if image is not None and not Path(image).is_file():
         raise InvalidArgumentError(f"no image file {str(image)!r}: check the path")
-    searcher = Searcher(store, model, where)
+    searcher = store.searcher(model, where)
     es = searcher.es
     exclude = None
     if cell is not None:

@@ -6,11 +6,25 @@ within the subset. Where an approximate index (HNSW, IVF) returns fewer hits tha
 subset allows, those queries are answered by exact search over the subset's rows, so
 a filter never shortens a result. Rows committed after the index was last written are
 searched exactly and merged in.
+
+A :class:`SearcherCache` (one per :class:`~cytostore.store.Store`) keeps loaded sets
+between searches. A search without ``where`` on a cached set only looks at the
+inode, size and mtime of the catalog, vector and index files and opens nothing when
+none changed; any change (a commit, an append, a rebuilt index, a truncated file)
+sends it back to the catalog, which reloads what changed. No catalog connection stays
+open between calls.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,17 +36,32 @@ from cytostore.errors import (
     InvalidArgumentError,
     StoreCorruptError,
 )
-from cytostore.store.index import faiss_metric, load_index
-from cytostore.store.vectors import EmbeddingSet, get_set, normalize_rows, read_vectors
+from cytostore.store.index import faiss_metric, index_path, load_index
+from cytostore.store.vectors import (
+    EmbeddingSet,
+    get_set,
+    ids_path,
+    normalize_rows,
+    read_vectors,
+    vector_path,
+)
 
 if TYPE_CHECKING:
     from cytostore.store.catalog import Store
 
-__all__ = ["search", "Searcher"]
+__all__ = ["search", "Searcher", "SearcherCache"]
 
 logger = logging.getLogger(__name__)
 
 _EXACT_CHUNK_ROWS = 65_536
+#: A catalog written less than this long before a search looked at it is read again
+#: by the next search: file times are coarse (a clock tick, up to 2 s on some file
+#: systems), so two writes that close together can leave the same stamp.
+_RACY_NS = 2_000_000_000
+#: Loaded sets a :class:`SearcherCache` keeps (each holds its index in memory).
+_CACHED_SETS = 2
+
+_Stamp = tuple[int, int, int] | None
 
 
 class Searcher:
@@ -62,11 +91,45 @@ class Searcher:
         set_or_model: str | int | None = None,
         where: str | None = None,
     ) -> None:
+        with store.connect(read_only=True):  # one short catalog visit
+            es = get_set(store, set_or_model)
+            chosen = store.where_ids(where) if where else None
+        self._load(store, es)
+        self._select(chosen, where)
+
+    @classmethod
+    def of_set(cls, store: Store, es: EmbeddingSet) -> Searcher:
+        """Load a searcher over every committed row of ``es``, as the catalog gave it.
+
+        The catalog is opened only if the index turns out newer than ``es``.
+
+        Raises:
+            EmptySelectionError: If the set holds no vectors.
+            StoreCorruptError: If the files disagree with ``es``.
+        """
+        self = cls.__new__(cls)
+        self._load(store, es)
+        self._select(None, None)
+        return self
+
+    def restricted(self, chosen: npt.NDArray[np.int64], where: str) -> Searcher:
+        """Return a searcher over the same loaded set, limited to the cells ``chosen``.
+
+        Args:
+            chosen: Sorted int64 cell ids selected by ``where``.
+            where: The filter that chose them (for messages).
+
+        Raises:
+            EmptySelectionError: If none of ``chosen`` has a vector in the set.
+        """
+        out = copy.copy(self)
+        out._select(chosen, where)
+        return out
+
+    def _load(self, store: Store, es: EmbeddingSet) -> None:
         import faiss
 
-        with store.connect(read_only=True):  # one short catalog visit
-            self.es: EmbeddingSet = get_set(store, set_or_model)
-            chosen = store.where_ids(where) if where else None
+        self.es: EmbeddingSet = es
         self.ids, self.matrix = read_vectors(store, self.es)
         if self.ids.size == 0:
             raise EmptySelectionError(
@@ -80,6 +143,15 @@ class Searcher:
             self.es = get_set(store, self.es.set_id)
             self.index = load_index(store, self.es)
         self.n_indexed = int(self.index.ntotal) if self.index is not None else 0
+        self._metric = faiss_metric(self.es.metric)
+        self._exact = self.index is not None and isinstance(
+            faiss.downcast_index(self.index.index), faiss.IndexFlat
+        )
+        self._memo: dict[str, Any] = {}  # per loaded set, shared with its copies
+
+    def _select(self, chosen: npt.NDArray[np.int64] | None, where: str | None) -> None:
+        import faiss
+
         self.subset: npt.NDArray[np.int64] | None = None
         self._sel: Any = None
         in_subset = np.ones(self.ids.size, dtype=bool)
@@ -96,10 +168,6 @@ class Searcher:
         n_idx = min(self.n_indexed, self.ids.size)
         self._idx_pos = np.nonzero(in_subset[:n_idx])[0]
         self._tail_pos = n_idx + np.nonzero(in_subset[n_idx:])[0]
-        self._metric = faiss_metric(self.es.metric)
-        self._exact = self.index is not None and isinstance(
-            faiss.downcast_index(self.index.index), faiss.IndexFlat
-        )
 
     @property
     def larger_is_closer(self) -> bool:
@@ -113,7 +181,9 @@ class Searcher:
             InvalidArgumentError: If a cell has no vector in the set.
         """
         want = np.asarray(cell_ids, dtype=np.int64).reshape(-1)
-        order = np.argsort(self.ids, kind="stable")
+        order = self._memo.get("order")
+        if order is None:  # sorted once per loaded set
+            order = self._memo["order"] = np.argsort(self.ids, kind="stable")
         at = np.searchsorted(self.ids, want, sorter=order)
         at = np.minimum(at, self.ids.size - 1)
         pos = order[at]
@@ -278,6 +348,139 @@ def _drop(
     return dist[:, :k].astype(np.float32), ids[:, :k]
 
 
+def _stat(path: Path) -> _Stamp:
+    """Return ``(inode, size, mtime_ns)`` of ``path``, or ``None`` if it is absent."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _catalog_stamp(store: Store) -> tuple[_Stamp, _Stamp]:
+    """Stamp ``catalog.duckdb`` and its WAL: every DuckDB commit changes one of them."""
+    path = store.catalog_path
+    return _stat(path), _stat(path.with_name(path.name + ".wal"))
+
+
+def _file_stamp(store: Store, es: EmbeddingSet) -> tuple[_Stamp, _Stamp, _Stamp]:
+    return (
+        _stat(vector_path(store, es)),
+        _stat(ids_path(store, es)),
+        _stat(index_path(store, es)),
+    )
+
+
+@dataclass(frozen=True)
+class _Entry:
+    searcher: Searcher
+    files: tuple[_Stamp, _Stamp, _Stamp]
+    catalog: tuple[_Stamp, _Stamp] | None  # None: too fresh to trust, re-read
+
+
+class SearcherCache:
+    """The loaded embedding sets of one store, reused while their files are unchanged.
+
+    :meth:`get` without ``where`` returns the cached :class:`Searcher` of a set
+    when the catalog (``catalog.duckdb`` and its WAL), the vector, ids and index
+    files all have the inode, size and mtime they had when the set was loaded, so
+    no catalog is opened and nothing is read. Otherwise, and always with
+    ``where``, it opens the catalog once (the set's row, the filter) and reuses the
+    loaded vectors and index only if the row and the files are unchanged. A set that
+    grew, an index that was rebuilt, a file that was truncated or replaced, or a
+    store that gained a second set is therefore never answered from stale state, and
+    a catalog written less than 2 s before it was checked is read again next time.
+
+    Args:
+        max_sets: Loaded sets kept, least recently used dropped first (each holds
+            its index in memory).
+
+    Examples:
+        >>> import tempfile, numpy as np
+        >>> from cytostore.store import Store
+        >>> store = Store.create(tempfile.mkdtemp() + "/s")
+        >>> with store.vector_writer(store.create_embedding_set("m", 2)) as w:
+        ...     _ = w.append([1, 2], [[1, 0], [0, 1]])
+        >>> cache = SearcherCache()
+        >>> cache.get(store, "m") is cache.get(store, "m")
+        True
+    """
+
+    def __init__(self, max_sets: int = _CACHED_SETS) -> None:
+        self.max_sets = max_sets
+        self._lock = threading.Lock()
+        self._sets: OrderedDict[int, _Entry] = OrderedDict()
+        self._names: dict[str | None, tuple[int, tuple[_Stamp, _Stamp]]] = {}
+
+    def get(
+        self,
+        store: Store,
+        set_or_model: str | int | None = None,
+        where: str | None = None,
+    ) -> Searcher:
+        """Return a searcher over a set, restricted to ``where`` when given.
+
+        Args:
+            store: The store this cache belongs to.
+            set_or_model: Set id or model name (``None``: the only set).
+            where: SQL filter over ``cell_meta`` restricting the candidates.
+
+        Raises:
+            UnknownEmbeddingSetError, InvalidWhereError, EmptySelectionError,
+            StoreCorruptError: See :class:`Searcher`.
+        """
+        key = None if set_or_model is None else str(set_or_model)
+        catalog = _catalog_stamp(store)
+        checked_ns = time.time_ns()
+        if where is None:
+            hit = self._lookup(store, key, catalog)
+            if hit is not None:
+                return hit
+        with store.connect(read_only=True):  # one short catalog visit
+            es = get_set(store, set_or_model)
+            chosen = store.where_ids(where) if where else None
+        files = _file_stamp(store, es)
+        with self._lock:
+            old = self._sets.get(es.set_id)
+        if old is not None and old.searcher.es == es and old.files == files:
+            searcher = old.searcher
+        else:
+            searcher = Searcher.of_set(store, es)
+        quiet = all(s is None or s[2] < checked_ns - _RACY_NS for s in catalog)
+        with self._lock:
+            self._sets[es.set_id] = _Entry(searcher, files, catalog if quiet else None)
+            self._sets.move_to_end(es.set_id)
+            while len(self._sets) > self.max_sets:
+                self._sets.popitem(last=False)
+            self._names = {k: v for k, v in self._names.items() if v[0] in self._sets}
+            if quiet:
+                self._names[key] = (es.set_id, catalog)
+            else:
+                self._names.pop(key, None)
+        return searcher if chosen is None else searcher.restricted(chosen, where or "")
+
+    def _lookup(
+        self, store: Store, key: str | None, catalog: tuple[_Stamp, _Stamp]
+    ) -> Searcher | None:
+        with self._lock:
+            name = self._names.get(key)
+            entry = self._sets.get(name[0]) if name is not None else None
+            if entry is None or name is None:
+                return None
+            self._sets.move_to_end(name[0])
+        if not (name[1] == entry.catalog == catalog):
+            return None
+        if _file_stamp(store, entry.searcher.es) != entry.files:
+            return None
+        return entry.searcher
+
+    def clear(self) -> None:
+        """Forget every loaded set (their indexes are freed once unused)."""
+        with self._lock:
+            self._sets.clear()
+            self._names.clear()
+
+
 def search(
     store: Store,
     query: npt.ArrayLike | int,
@@ -312,7 +515,7 @@ def search(
     """
     if int(k) < 1:
         raise InvalidArgumentError(f"k must be >= 1, got {k}")
-    searcher = Searcher(store, set_or_model, where)
+    searcher = store.searcher(set_or_model, where)
     if isinstance(query, int | np.integer):
         q = searcher.vector_of([int(query)])
         exclude = None if include_self else np.asarray([int(query)], np.int64)

@@ -28,6 +28,8 @@ __all__ = ["VectorMethods"]
 class VectorMethods:
     """Embedding sets, vectors, indexes and search of a store (mixed into ``Store``)."""
 
+    _searchers: _search.SearcherCache | None = None
+
     def _store(self) -> Store:
         return cast("Store", self)
 
@@ -128,6 +130,29 @@ class VectorMethods:
                 "loosen the filter or embed those cells"
             )
         return ids[mask], mat[mask]
+
+    def searcher(
+        self, set_or_model: str | int | None = None, where: str | None = None
+    ) -> _search.Searcher:
+        """Return a prepared :class:`~cytostore.store.search.Searcher` over a set.
+
+        The loaded set (its ids, memory-mapped vectors and index) is kept in this
+        store object and reused by later calls while its files and catalog row are
+        unchanged, so a loop of searches pays the loading once; without ``where``
+        a repeated call does not open the catalog at all. See
+        :class:`~cytostore.store.search.SearcherCache`.
+
+        Args:
+            set_or_model: Set id or model name (``None``: the store's only set).
+            where: SQL filter over ``cell_meta`` restricting the candidates.
+
+        Raises:
+            UnknownEmbeddingSetError, InvalidWhereError, EmptySelectionError,
+            StoreCorruptError: See :class:`~cytostore.store.search.Searcher`.
+        """
+        if self._searchers is None:
+            self._searchers = _search.SearcherCache()
+        return self._searchers.get(self._store(), set_or_model, where)
 
     def search(
         self,

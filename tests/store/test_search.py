@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+from typing import Any
+
+import duckdb
+import faiss
 import numpy as np
 import pytest
 from vec_helpers import add_fake_cells, random_vectors
@@ -9,8 +14,13 @@ from cytostore.errors import (
     EmptySelectionError,
     InvalidArgumentError,
     InvalidWhereError,
+    StoreCorruptError,
+    UnknownEmbeddingSetError,
 )
 from cytostore.store import Store
+from cytostore.store import search as search_mod
+from cytostore.store.index import index_path
+from cytostore.store.vectors import vector_path
 
 
 def _brute(store: Store, q: np.ndarray, k: int, where: str | None = None):
@@ -112,3 +122,131 @@ def test_search__wrong_dimension_and_unknown_cell(vec_store: Store) -> None:
         vec_store.search(np.ones(8, np.float32))
     with pytest.raises(InvalidArgumentError, match=r"cells \[99999\] have no vector"):
         vec_store.search(99999)
+
+
+# ---------------------------------------------------------------- searcher cache
+def _age_catalog(store: Store, seconds: float = 60.0) -> None:
+    """Date the catalog files back, as if the store had been quiet for a while."""
+    for path in store.root.glob("catalog.duckdb*"):
+        t = path.stat().st_mtime - seconds
+        os.utime(path, (t, t))
+
+
+class _Counts:
+    """Count DuckDB connections and set loads (the real calls run underneath)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.connect = self.load_index = self.read_vectors = 0
+        connect, load, read = (
+            duckdb.connect,
+            search_mod.load_index,
+            search_mod.read_vectors,
+        )
+
+        def counted(name: str, fn: Any) -> Any:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                setattr(self, name, getattr(self, name) + 1)
+                return fn(*args, **kwargs)
+
+            return wrapper
+
+        monkeypatch.setattr(duckdb, "connect", counted("connect", connect))
+        monkeypatch.setattr(search_mod, "load_index", counted("load_index", load))
+        monkeypatch.setattr(search_mod, "read_vectors", counted("read_vectors", read))
+
+    def reset(self) -> None:
+        self.connect = self.load_index = self.read_vectors = 0
+
+
+def _assert_same(a: tuple, b: tuple) -> None:
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_search__repeat_opens_no_catalog_and_loads_nothing(
+    vec_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _age_catalog(vec_store)
+    counts = _Counts(monkeypatch)
+    first = vec_store.search(5, k=10)
+    assert (counts.connect, counts.load_index, counts.read_vectors) == (1, 1, 1)
+    counts.reset()
+    q = random_vectors(3, 16, seed=3)
+    again = [vec_store.search(5, k=10), vec_store.search(q, k=10)]
+    assert (counts.connect, counts.load_index, counts.read_vectors) == (0, 0, 0)
+    _assert_same(again[0], first)
+    fresh = Store.open(vec_store.root)
+    _assert_same(again[0], fresh.search(5, k=10))
+    _assert_same(again[1], fresh.search(q, k=10))
+    counts.reset()
+    filtered = vec_store.search(5, k=4, where="label = 'EOS'")
+    assert (counts.connect, counts.load_index) == (1, 0)  # the filter, no reload
+    _assert_same(filtered, fresh.search(5, k=4, where="label = 'EOS'"))
+    assert vec_store.searcher("m") is vec_store.searcher(1) is vec_store.searcher()
+
+
+def test_search__recently_written_catalog_is_read_again(
+    vec_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    os.utime(vec_store.catalog_path)  # written just now: its stamp is not trusted
+    counts = _Counts(monkeypatch)
+    vec_store.search(5, k=3)
+    counts.reset()
+    vec_store.search(5, k=3)
+    assert (counts.connect, counts.load_index, counts.read_vectors) == (1, 0, 0)
+
+
+def test_search__sees_vectors_added_by_another_writer(
+    vec_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _age_catalog(vec_store)
+    vec_store.search(5, k=3)
+    other = Store.open(vec_store.root)  # as another process would
+    new = add_fake_cells(other, 4)
+    x = random_vectors(4, 16, seed=21)
+    with other.vector_writer() as w:
+        w.append(new, x)
+    _age_catalog(vec_store)
+    dist, ids = vec_store.search(x, k=2)
+    assert ids[:, 0].tolist() == new.tolist()
+    _assert_same((dist, ids), Store.open(vec_store.root).search(x, k=2))
+    other.build_index()  # the index now holds the new rows too
+    counts = _Counts(monkeypatch)
+    _assert_same(vec_store.search(x, k=2), (dist, ids))
+    assert counts.load_index == 1
+
+
+def test_search__sees_a_rebuilt_index_and_a_second_set(vec_store: Store) -> None:
+    _age_catalog(vec_store)
+    q = random_vectors(4, 16, seed=8)
+    vec_store.search(q, k=5)
+    other = Store.open(vec_store.root)
+    other.build_index(index="HNSW32", search_params={"efSearch": 4})
+    _age_catalog(vec_store)
+    got = vec_store.search(q, k=5)
+    assert vec_store.searcher().es.index_factory == "HNSW32"
+    _assert_same(got, Store.open(vec_store.root).search(q, k=5))
+    other.create_embedding_set("m2", 16)
+    _age_catalog(vec_store)
+    with pytest.raises(UnknownEmbeddingSetError, match="2 embedding sets"):
+        vec_store.search(q, k=5)
+    _assert_same(vec_store.search(q, k=5, set_or_model="m"), got)
+
+
+def test_search__files_changed_after_caching_are_still_corrupt(
+    vec_store: Store,
+) -> None:
+    _age_catalog(vec_store)
+    vec_store.search(1, k=3)
+    es = vec_store.embedding_set()
+    small = faiss.IndexIDMap2(faiss.IndexFlatIP(16))
+    small.add_with_ids(np.zeros((10, 16), np.float32), np.arange(1, 11))
+    faiss.write_index(small, str(index_path(vec_store, es)))
+    with pytest.raises(StoreCorruptError, match="holds 10 vectors .* records 300"):
+        vec_store.search(1, k=3)
+    vec_store.build_index(rebuild=True)
+    vec_store.search(1, k=3)
+    with open(vector_path(vec_store, es), "r+b") as f:
+        f.truncate(10 * es.row_bytes)
+    with pytest.raises(StoreCorruptError, match="holds 10 rows but the catalog"):
+        vec_store.search(1, k=3)
