@@ -22,6 +22,7 @@ import logging
 import mmap
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -169,12 +170,24 @@ def load_rgb(path: str | Path) -> npt.NDArray[np.uint8]:
     """
     p = Path(path)
     try:
-        if p.stat().st_size == 0:
-            raise ImageDecodeError(f"{p} is an empty file (0 bytes): re-export it")
+        with p.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                raise ImageDecodeError(f"{p} is an empty file (0 bytes): re-export it")
+            head = fh.read(4)
+            tiff = head[:2] in (b"II", b"MM") and size <= _READ_WHOLE_BYTES
+            data = head + fh.read() if tiff else None
     except FileNotFoundError:
         raise ImageDecodeError(
             f"{p} does not exist: check the path, or re-ingest if the files moved"
         ) from None
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read {p} ({exc.strerror or exc})") from None
+    if data is not None:
+        # Plain uncompressed TIFFs (LMU's, MLL's): the pixels are the bytes.
+        rgb = _raw_tiff_rgb(data)
+        if rgb is not None:
+            return rgb
     with _open_loaded(p, str(p)) as img:
         return to_rgb(img)
 
@@ -248,8 +261,20 @@ def _tiff_ifd0(data: bytes) -> dict[int, tuple[int, ...]] | None:
     return tags
 
 
-def _raw_tiff_size(data: bytes) -> tuple[int, int] | None:
-    """Return ``(width, height)`` of a complete uncompressed 8-bit TIFF, else None.
+@dataclass(frozen=True)
+class _RawTiff:
+    """Where the pixels of a plain uncompressed 8-bit TIFF lie in its bytes."""
+
+    width: int
+    height: int
+    samples: int  # per pixel: 1 grey, 2 grey + extra, 3 RGB, 4 RGB + extra
+    extra: tuple[int, ...]  # ExtraSamples: 0 unspecified, 1 premultiplied, 2 alpha
+    rows_per_strip: int
+    offsets: tuple[int, ...]
+
+
+def _raw_tiff(data: bytes) -> _RawTiff | None:
+    """Lay out a complete uncompressed 8-bit TIFF, or None if not sure.
 
     Decoding an uncompressed image is copying its bytes, so checking that every
     strip's rows lie inside the file is the check Pillow's raw decoder makes (a
@@ -283,11 +308,12 @@ def _raw_tiff_size(data: bytes) -> tuple[int, int] | None:
     bps = tags.get(258, (1,))
     if len(bps) == 1 and spp > 1:
         bps = bps * spp
-    kind = (one(262), bps, tags.get(338, ()))
+    extra = tags.get(338, ())
+    kind = (one(262), bps, extra)
     if len(bps) != spp or kind not in _RAW_TIFF_KINDS:
         return None
     prefix = data[:2]
-    if (prefix, kind[0], (1,), 1, kind[1], kind[2]) not in TiffImagePlugin.OPEN_INFO:
+    if (prefix, kind[0], (1,), 1, bps, extra) not in TiffImagePlugin.OPEN_INFO:
         return None
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and width * height > limit:
@@ -304,7 +330,41 @@ def _raw_tiff_size(data: bytes) -> tuple[int, int] | None:
         n_rows = min(rows, height - i * rows)
         if start <= 0 or start + n_rows * stride > len(data):
             return None  # truncated (or odd): Pillow says which
-    return width, height
+    return _RawTiff(width, height, spp, extra, rows, offsets)
+
+
+def _raw_tiff_size(data: bytes) -> tuple[int, int] | None:
+    """Return ``(width, height)`` of a complete plain uncompressed TIFF, else None."""
+    raw = _raw_tiff(data)
+    return None if raw is None else (raw.width, raw.height)
+
+
+def _raw_tiff_rgb(data: bytes) -> npt.NDArray[np.uint8] | None:
+    """Return a plain uncompressed TIFF as uint8 RGB (as :func:`to_rgb` would).
+
+    None (Pillow decodes instead) if the layout is not plain or an alpha channel
+    is not fully opaque (compositing is left to :func:`to_rgb`).
+    """
+    raw = _raw_tiff(data)
+    if raw is None:
+        return None
+    stride = raw.width * raw.samples
+    if len(raw.offsets) == 1:
+        flat = np.frombuffer(data, np.uint8, raw.height * stride, raw.offsets[0])
+    else:
+        parts = []
+        for i, start in enumerate(raw.offsets):
+            n = min(raw.rows_per_strip, raw.height - i * raw.rows_per_strip)
+            parts.append(np.frombuffer(data, np.uint8, n * stride, start))
+        flat = np.concatenate(parts)
+    pix = flat.reshape(raw.height, raw.width, raw.samples)
+    colour = 3 if raw.samples >= 3 else 1
+    if raw.samples > colour and raw.extra != (0,):
+        if pix[:, :, colour].min() != 255:  # see-through: composite with Pillow
+            return None
+    if colour == 1:
+        return np.repeat(pix[:, :, :1], 3, axis=2)
+    return np.ascontiguousarray(pix[:, :, :3])
 
 
 def probe_image(path: str | Path) -> tuple[int, int, str]:

@@ -178,3 +178,44 @@ def test_raw_tiff_size__takes_plain_tiffs_and_leaves_the_rest_to_pillow(
     assert _raw_tiff_size(path.read_bytes()) is None  # 1-bit: Pillow decodes
     assert _raw_tiff_size(b"II*\x00" + b"\xff" * 20) is None
     assert _raw_tiff_size(b"\x89PNG\r\n") is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "alpha"),
+    [
+        ("L", None),
+        ("LA", 255),
+        ("LA", 90),
+        ("RGB", None),
+        ("RGBA", 255),
+        ("RGBA", 0),
+        ("RGBX", None),
+    ],
+)
+@pytest.mark.parametrize("size", [(7, 5), (300, 260)])  # one strip, several
+def test_load_rgb__uncompressed_tiff_fast_path_equals_pillow(
+    tmp_path: Path, mode: str, alpha: int | None, size: tuple[int, int]
+) -> None:
+    from cytostore.data.images import _raw_tiff_rgb
+
+    rng = np.random.default_rng(size[0])
+    bands = len(mode)
+    arr = rng.integers(0, 256, (size[1], size[0], bands), dtype=np.uint8)
+    if alpha is not None:
+        arr[..., -1] = 255
+        arr[0, 0, -1] = alpha  # one see-through pixel, or none
+    img = Image.fromarray(arr[:, :, 0] if bands == 1 else arr, mode)
+    path = tmp_path / "x.tif"
+    img.save(path)
+    with Image.open(path) as ref:
+        ref.load()
+        want = to_rgb(ref)
+    got = load_rgb(path)
+    assert got.dtype == np.uint8 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want)
+    fast = _raw_tiff_rgb(path.read_bytes())
+    if alpha is None or alpha == 255:
+        assert fast is not None  # the plain cases do take the fast path
+        np.testing.assert_array_equal(fast, want)
+    else:
+        assert fast is None  # see-through: Pillow composites
