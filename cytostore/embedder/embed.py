@@ -73,7 +73,8 @@ def embed(
             ``batch_size`` is invalid.
         InvalidWhereError, EmptySelectionError: If ``where`` is invalid or empty.
         DimensionMismatchError, ConfigMismatchError: If the model no longer fits
-            its existing set.
+            its existing set (dimension, options, preprocessing, or weights: the
+            set records the sha256 of the weights it was embedded with).
         StoreBusyError: If another process is embedding into the same set.
         StoreWriteError: If a write fails (committed batches are kept).
     """
@@ -102,6 +103,7 @@ def embed(
         index_factory=index,
         shard=shard,
         preprocessing=prep,
+        weights_sha256=(encoder.card.sha256 or None) if encoder.card else None,
     )
     embedded = 0
     with store.vector_writer(es) as writer:

@@ -78,9 +78,11 @@ def merge(
     Raises:
         UnknownEmbeddingSetError: If there are no shard sets (of ``model``).
         ConfigMismatchError: If the shards disagree on dim, dtype, metric, index
-            or preprocessing, or on the shard count.
+            or preprocessing, or on the shard count; or if they (or the full set)
+            were embedded with different model weights.
     """
-    shards = [s for s in list_sets(store) if s.shard is not None]
+    sets = list_sets(store)
+    shards = [s for s in sets if s.shard is not None]
     models = sorted({s.model for s in shards})
     if model is None and len(models) > 1:
         raise UnknownEmbeddingSetError(
@@ -110,6 +112,8 @@ def merge(
                 "(dim, dtype, metric, index, preprocessing or shard count): re-embed "
                 "the odd one with the same options"
             )
+    merged = [s for s in sets if s.shard is None and s.model == first.model]
+    weights = _same_weights(shards, merged[0] if merged else None)
     full = create_set(
         store,
         first.model,
@@ -118,6 +122,7 @@ def merge(
         metric=first.metric,
         index_factory=first.index_factory,
         preprocessing=first.preprocessing,
+        weights_sha256=weights,
     )
     total = sum(s.n_vectors for s in shards)
     added = skipped = done = 0
@@ -146,6 +151,40 @@ def merge(
         "skipped": skipped,
         "n_vectors": full.n_vectors,
     }
+
+
+def _same_weights(shards: list[EmbeddingSet], full: EmbeddingSet | None) -> str | None:
+    """Return the weights fingerprint the shards share (``None``: none recorded).
+
+    Sets without a fingerprint (written before it was recorded, or not by
+    ``embed``) cannot be compared and are let through, with a warning.
+
+    Raises:
+        ConfigMismatchError: If two shards, or a shard and the model's full set,
+            record different weights.
+    """
+    known = [s for s in shards if s.weights_sha256]
+    if not known:
+        return None
+    for s in shards:
+        if not s.weights_sha256:
+            logger.warning(
+                "shard %s records no weights fingerprint (written by an older "
+                "cytostore, or not by 'embed'): its weights cannot be compared",
+                s.name,
+            )
+    ref, want = known[0], known[0].weights_sha256 or ""
+    for other in [*known[1:], *([full] if full and full.weights_sha256 else [])]:
+        have = other.weights_sha256 or ""
+        if have != want:
+            raise ConfigMismatchError(
+                f"{ref.name!r} (weights sha256 {want[:12]}) and {other.name!r} "
+                f"({have[:12]}) were embedded with different weights of model "
+                f"{ref.model!r}, which was re-registered between the runs: register "
+                "the weights you want under a new name and embed every shard with "
+                "it ('cytostore embed STORE --model NEW --shard I/N')"
+            )
+    return ref.weights_sha256
 
 
 def _drop_sets(store: Store, sets: list[EmbeddingSet]) -> None:

@@ -126,6 +126,10 @@ CREATE TABLE neighbor_tables (
 );
 """
 
+_M021_SET_WEIGHTS = """
+ALTER TABLE embedding_sets ADD COLUMN weights_sha256 VARCHAR;
+"""
+
 _M030_PATIENT_PREDICTIONS = """
 ALTER TABLE patient_predictions ADD COLUMN true_label VARCHAR;
 ALTER TABLE patient_predictions ADD COLUMN probabilities JSON;
@@ -137,5 +141,6 @@ MIGRATIONS: list[Migration] = [
     (1, "m001_catalog", _M001_CATALOG),
     (2, "m002_models_heads_predictions", _M002_LATER_FLOORS),
     (20, "m020_embedding_sets", _M020_EMBEDDING_SETS),
+    (21, "m021_embedding_set_weights", _M021_SET_WEIGHTS),
     (30, "m030_heads_patient_prediction_columns", _M030_PATIENT_PREDICTIONS),
 ]

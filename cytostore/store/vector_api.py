@@ -57,6 +57,7 @@ class VectorMethods:
         index_factory: str = "Flat",
         shard: str | None = None,
         preprocessing: dict[str, Any] | None = None,
+        weights_sha256: str | None = None,
     ) -> _vectors.EmbeddingSet:
         """Register the set of ``(model, shard)`` or return the existing one.
 
@@ -71,6 +72,7 @@ class VectorMethods:
             index_factory=index_factory,
             shard=shard,
             preprocessing=preprocessing,
+            weights_sha256=weights_sha256,
         )
 
     def vector_writer(

@@ -60,7 +60,7 @@ DTYPES = {"float32": ".f32", "float16": ".f16"}
 METRICS = ("cosine", "l2")
 _SET_COLUMNS = (
     "set_id, model, shard, dim, dtype, metric, index_factory, search_params, "
-    "preprocessing, n_vectors, n_indexed, created_at, updated_at"
+    "preprocessing, n_vectors, n_indexed, created_at, updated_at, weights_sha256"
 )
 
 
@@ -80,6 +80,9 @@ class EmbeddingSet:
         preprocessing: The model's preprocessing, as recorded when embedding.
         n_vectors: Committed rows of the vector file.
         n_indexed: Rows added to the index file when it was last written.
+        weights_sha256: sha256 of the model weights the vectors come from (the model
+            card's ``sha256``), recorded by ``embed``; ``None``: not known (a set
+            written before it was recorded, or vectors not from a registered model).
     """
 
     set_id: int
@@ -95,6 +98,7 @@ class EmbeddingSet:
     n_indexed: int = 0
     created_at: Any = None
     updated_at: Any = None
+    weights_sha256: str | None = None
 
     @property
     def name(self) -> str:
@@ -117,7 +121,7 @@ class EmbeddingSet:
 
 
 def _row_to_set(row: tuple[Any, ...]) -> EmbeddingSet:
-    (sid, model, shard, dim, dtype, metric, factory, params, prep, n, ni, c, u) = row
+    (sid, model, shard, dim, dtype, metric, factory, params, prep, n, ni, c, u, w) = row
     return EmbeddingSet(
         set_id=int(sid),
         model=model,
@@ -132,6 +136,7 @@ def _row_to_set(row: tuple[Any, ...]) -> EmbeddingSet:
         n_indexed=int(ni),
         created_at=c,
         updated_at=u,
+        weights_sha256=w,
     )
 
 
@@ -203,17 +208,30 @@ def create_set(
     shard: str | None = None,
     preprocessing: dict[str, Any] | None = None,
     search_params: dict[str, Any] | None = None,
+    weights_sha256: str | None = None,
 ) -> EmbeddingSet:
     """Return the set of ``(model, shard)``, registering it if it does not exist.
 
     An existing set must agree with the arguments: it keeps its vectors, and more
     vectors are added to it.
 
+    Args:
+        store: The store.
+        model: Name of the model the vectors come from.
+        dim: Vector width.
+        dtype: ``float32`` or ``float16``.
+        metric: ``cosine`` or ``l2``.
+        index_factory: FAISS factory string of the set's index.
+        shard: ``"i/n"`` for one shard of a sharded run, ``None`` for the full set.
+        preprocessing: The model's preprocessing (``None``: not recorded/checked).
+        search_params: FAISS search parameters of the index.
+        weights_sha256: sha256 of the model weights (``None``: not recorded/checked).
+
     Raises:
         InvalidArgumentError: If ``dtype`` or ``metric`` is unknown, or ``dim`` < 1.
         DimensionMismatchError: If the existing set has another dimension.
         ConfigMismatchError: If the existing set has another dtype, metric,
-            index factory or preprocessing.
+            index factory, preprocessing or weights.
     """
     if dtype not in DTYPES:
         raise InvalidArgumentError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
@@ -230,7 +248,7 @@ def create_set(
         ).fetchall()
         if rows:
             es = _row_to_set(rows[0])
-            _check_same(es, dim, dtype, metric, index_factory, prep)
+            _check_same(es, dim, dtype, metric, index_factory, prep, weights_sha256)
             return es
         set_id = int(
             con.execute(
@@ -238,8 +256,8 @@ def create_set(
             ).fetchall()[0][0]
         )
         con.execute(
-            "INSERT INTO embedding_sets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, "
-            "now(), now())",
+            f"INSERT INTO embedding_sets ({_SET_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, "
+            "?, ?, ?, 0, 0, now(), now(), ?)",
             [
                 set_id,
                 model,
@@ -250,6 +268,7 @@ def create_set(
                 index_factory,
                 json.dumps(search_params or {}),
                 json.dumps(prep) if prep is not None else None,
+                weights_sha256,
             ],
         )
     (store.root / "vectors").mkdir(exist_ok=True)
@@ -270,6 +289,7 @@ def _check_same(
     metric: str,
     factory: str,
     prep: dict[str, Any] | None,
+    weights: str | None,
 ) -> None:
     if es.dim != dim:
         raise DimensionMismatchError(
@@ -296,6 +316,12 @@ def _check_same(
         raise ConfigMismatchError(
             f"model {es.model!r} now preprocesses differently than when set "
             f"{es.set_id} was embedded: register the new model under another name"
+        )
+    if weights and es.weights_sha256 and weights != es.weights_sha256:
+        raise ConfigMismatchError(
+            f"model {es.model!r} now has other weights (sha256 {weights[:12]}) than "
+            f"set {es.name!r} was embedded with ({es.weights_sha256[:12]}); it was "
+            "re-registered since: register the new weights under another name"
         )
 
 

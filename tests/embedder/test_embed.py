@@ -13,6 +13,7 @@ from embedder_helpers import add_cells
 
 from cytostore.embedder import Encoder, embed, register_random_model
 from cytostore.errors import (
+    ConfigMismatchError,
     DimensionMismatchError,
     EmptySelectionError,
     InvalidArgumentError,
@@ -96,6 +97,26 @@ def test_embed__shards_then_merge_equal_one_run(
     assert sorted(ids.tolist()) == want_ids.tolist()
     np.testing.assert_allclose(x, want[np.searchsorted(want_ids, ids)], atol=1e-5)
     assert embed(model_store, MODEL, shard="1/3", device="cpu")["embedded"] == 0
+
+
+def test_embed__shards_of_re_registered_weights_are_not_merged(
+    model_store: Store,
+) -> None:
+    first = embed(model_store, MODEL, shard="1/2", device="cpu")
+    card = register_random_model(
+        model_store, MODEL, backbone="tiny", crop_px=32, seed=1, overwrite=True
+    )
+    embed(model_store, MODEL, shard="2/2", device="cpu")
+    sets = {s.shard: s for s in model_store.embedding_sets()}
+    assert sets["2/2"].weights_sha256 == card.sha256
+    assert sets["1/2"].weights_sha256 not in (None, card.sha256)
+    with pytest.raises(ConfigMismatchError, match="different weights") as info:
+        model_store.merge(MODEL)
+    assert "\n" not in str(info.value)
+    assert sorted(sets) == sorted(s.shard for s in model_store.embedding_sets())
+    with pytest.raises(ConfigMismatchError, match="other weights"):
+        embed(model_store, MODEL, shard="1/2", device="cpu")  # resuming it, too
+    assert model_store.embedding_set(first["set_id"]).n_vectors == 6
 
 
 @pytest.mark.parametrize(

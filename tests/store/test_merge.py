@@ -14,10 +14,17 @@ from cytostore.store.merge import parse_shard
 
 
 def _embed_shard(
-    store: Store, i: int, n: int, x: np.ndarray, dtype: str = "float16"
+    store: Store,
+    i: int,
+    n: int,
+    x: np.ndarray,
+    dtype: str = "float16",
+    weights: str | None = None,
 ) -> None:
     ids = store.where_ids()
-    es = store.create_embedding_set("m", x.shape[1], dtype=dtype, shard=f"{i}/{n}")
+    es = store.create_embedding_set(
+        "m", x.shape[1], dtype=dtype, shard=f"{i}/{n}", weights_sha256=weights
+    )
     mine = (ids - 1) % n == i - 1
     with store.vector_writer(es) as w:
         w.append(ids[mine], x[ids[mine] - 1])
@@ -58,6 +65,31 @@ def test_merge__errors(cells_store: Store) -> None:
     _embed_shard(cells_store, 2, 2, random_vectors(2000, 8), "float16")
     with pytest.raises(ConfigMismatchError, match="embedded differently"):
         cells_store.merge()
+
+
+def test_merge__refuses_shards_of_different_weights(cells_store: Store) -> None:
+    x = random_vectors(2000, 8, seed=5)
+    _embed_shard(cells_store, 1, 2, x, "float32", weights="a" * 64)
+    _embed_shard(cells_store, 2, 2, x, "float32", weights="b" * 64)
+    with pytest.raises(ConfigMismatchError, match="different weights") as info:
+        cells_store.merge()
+    assert "\n" not in str(info.value) and "--model NEW" in str(info.value)
+    names = sorted(s.name for s in cells_store.embedding_sets())
+    assert names == ["m@1/2", "m@2/2"]  # nothing merged, nothing dropped
+
+
+def test_merge__full_set_keeps_the_weights_and_refuses_others(
+    cells_store: Store,
+) -> None:
+    x = random_vectors(2000, 8, seed=6)
+    _embed_shard(cells_store, 1, 2, x, "float32", weights="a" * 64)
+    _embed_shard(cells_store, 2, 2, x, "float32")  # no fingerprint: not compared
+    assert cells_store.merge()["added"] == 2000
+    assert cells_store.embedding_set("m").weights_sha256 == "a" * 64
+    _embed_shard(cells_store, 1, 2, x, "float32", weights="b" * 64)
+    with pytest.raises(ConfigMismatchError, match="'m@1/2' .* and 'm' "):
+        cells_store.merge()
+    assert cells_store.embedding_set("m").n_vectors == 2000
 
 
 @pytest.mark.parametrize("bad", ["0/4", "5/4", "a/b", "3"])

@@ -93,6 +93,32 @@ def test_create_embedding_set__mismatches(vec_store: Store) -> None:
         vec_store.create_embedding_set("x", 16, dtype="int8")
 
 
+def test_create_embedding_set__records_weights_and_refuses_other_ones(
+    vec_store: Store,
+) -> None:
+    es = vec_store.create_embedding_set("w", 16, weights_sha256="a" * 64)
+    assert vec_store.embedding_set("w").weights_sha256 == "a" * 64 == es.weights_sha256
+    assert vec_store.create_embedding_set("w", 16, weights_sha256="a" * 64) == es
+    with pytest.raises(ConfigMismatchError, match="other weights") as info:
+        vec_store.create_embedding_set("w", 16, weights_sha256="b" * 64)
+    assert "\n" not in str(info.value)
+    # "m" predates fingerprints (None): nothing to compare, and it stays unknown
+    assert vec_store.create_embedding_set("m", 16, weights_sha256="b" * 64) == (
+        vec_store.embedding_set("m")
+    )
+    assert vec_store.embedding_set("m").weights_sha256 is None
+
+
+def test_embedding_sets__catalog_from_before_m021_is_migrated(vec_store: Store) -> None:
+    with vec_store.transaction() as con:
+        con.execute("ALTER TABLE embedding_sets DROP COLUMN weights_sha256")
+        con.execute("DELETE FROM schema_migrations WHERE id = 21")
+    store = Store.open(vec_store.root)
+    es = store.embedding_set("m")
+    assert (es.n_vectors, es.weights_sha256) == (300, None)
+    assert store.search(1, k=3)[1].shape == (1, 3)
+
+
 def test_vector_writer__rejects_duplicates_and_bad_shapes(vec_store: Store) -> None:
     ids = add_fake_cells(vec_store, 2)
     with vec_store.vector_writer("m") as w:
