@@ -34,6 +34,7 @@ from cytostore.errors import ImageDecodeError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "load_rgb",
+    "load_rgb_image",
     "to_rgb",
     "image_size",
     "probe_image",
@@ -147,6 +148,24 @@ def _open_loaded(source: str | Path | io.BytesIO, name: str) -> Image.Image:
     return img
 
 
+def _read_tiff_bytes(p: Path) -> bytes | None:
+    """Check ``p`` exists and is not empty; return its bytes if it is a TIFF."""
+    try:
+        with p.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                raise ImageDecodeError(f"{p} is an empty file (0 bytes): re-export it")
+            head = fh.read(4)
+            tiff = head[:2] in (b"II", b"MM") and size <= _READ_WHOLE_BYTES
+            return head + fh.read() if tiff else None
+    except FileNotFoundError:
+        raise ImageDecodeError(
+            f"{p} does not exist: check the path, or re-ingest if the files moved"
+        ) from None
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read {p} ({exc.strerror or exc})") from None
+
+
 def load_rgb(path: str | Path) -> npt.NDArray[np.uint8]:
     """Read an image file fully and return it as uint8 RGB.
 
@@ -169,20 +188,7 @@ def load_rgb(path: str | Path) -> npt.NDArray[np.uint8]:
         ((5, 3, 3), 'uint8')
     """
     p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size == 0:
-                raise ImageDecodeError(f"{p} is an empty file (0 bytes): re-export it")
-            head = fh.read(4)
-            tiff = head[:2] in (b"II", b"MM") and size <= _READ_WHOLE_BYTES
-            data = head + fh.read() if tiff else None
-    except FileNotFoundError:
-        raise ImageDecodeError(
-            f"{p} does not exist: check the path, or re-ingest if the files moved"
-        ) from None
-    except OSError as exc:
-        raise ImageDecodeError(f"cannot read {p} ({exc.strerror or exc})") from None
+    data = _read_tiff_bytes(p)
     if data is not None:
         # Plain uncompressed TIFFs (LMU's, MLL's): the pixels are the bytes.
         rgb = _raw_tiff_rgb(data)
@@ -190,6 +196,26 @@ def load_rgb(path: str | Path) -> npt.NDArray[np.uint8]:
             return rgb
     with _open_loaded(p, str(p)) as img:
         return to_rgb(img)
+
+
+def load_rgb_image(path: str | Path) -> Image.Image:
+    """Read an image file fully and return it as an RGB Pillow image.
+
+    The same pixels as :func:`load_rgb`, without the copies into and out of numpy
+    where the file is RGB already (JPEG, RGB or opaque RGBA uncompressed TIFF):
+    the preprocessing resamples Pillow images directly.
+
+    Raises:
+        ImageDecodeError: As :func:`load_rgb`.
+    """
+    p = Path(path)
+    data = _read_tiff_bytes(p)
+    if data is not None:
+        img = _raw_tiff_image(data)
+        if img is not None:
+            return img
+    with _open_loaded(p, str(p)) as img:
+        return img if img.mode == "RGB" else Image.fromarray(to_rgb(img))
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -365,6 +391,43 @@ def _raw_tiff_rgb(data: bytes) -> npt.NDArray[np.uint8] | None:
     if colour == 1:
         return np.repeat(pix[:, :, :1], 3, axis=2)
     return np.ascontiguousarray(pix[:, :, :3])
+
+
+def _raw_tiff_image(data: bytes) -> Image.Image | None:
+    """Return a plain uncompressed RGB(A) TIFF as an RGB Pillow image, else None.
+
+    Opaque or unused extra samples are dropped by Pillow's unpacker (``RGBX``);
+    grey images go through :func:`_raw_tiff_rgb`; see-through alpha returns None.
+    """
+    raw = _raw_tiff(data)
+    if raw is None:
+        return None
+    if raw.samples < 3:
+        rgb = _raw_tiff_rgb(data)
+        return None if rgb is None else Image.fromarray(rgb)
+    stride = raw.width * raw.samples
+    first, n = raw.offsets[0], raw.height * stride
+    contiguous = all(
+        o == first + i * raw.rows_per_strip * stride for i, o in enumerate(raw.offsets)
+    )
+    if contiguous:
+        buf = np.frombuffer(data, np.uint8, n, first)
+    else:
+        rows = raw.rows_per_strip
+        buf = np.concatenate(
+            [
+                np.frombuffer(
+                    data, np.uint8, min(rows, raw.height - i * rows) * stride, o
+                )
+                for i, o in enumerate(raw.offsets)
+            ]
+        )
+    if raw.samples == 4 and raw.extra != (0,):
+        alpha = buf[3::4]
+        if alpha.min() != 255:  # see-through: composite with Pillow
+            return None
+    rawmode = "RGB" if raw.samples == 3 else "RGBX"
+    return Image.frombytes("RGB", (raw.width, raw.height), buf, "raw", rawmode, 0, 1)
 
 
 def probe_image(path: str | Path) -> tuple[int, int, str]:

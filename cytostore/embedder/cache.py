@@ -309,7 +309,7 @@ def _process_chunk(
     Returns:
         ``(ok ids, uint8 rows (len(ok), c, c, 3), [(failed id, reason)])``.
     """
-    from cytostore.data.images import load_rgb
+    from cytostore.data.images import load_rgb_image
 
     prep = Preprocessing.from_dict(prep_doc)
     c = prep.crop_px
@@ -318,7 +318,7 @@ def _process_chunk(
     failed: list[tuple[int, str]] = []
     for cid, path, um in items:
         try:
-            rows[len(ok)] = prep.apply(load_rgb(path), um)
+            rows[len(ok)] = prep.apply(load_rgb_image(path), um)
         except Exception as exc:  # noqa: BLE001 - one bad file never stops the job
             if not os.path.exists(path):
                 reason = "file not found (moved or deleted after ingest)"

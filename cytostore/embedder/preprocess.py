@@ -180,7 +180,7 @@ class Preprocessing:
 
     # ---------------------------------------------------------------- pixels
     def apply(
-        self, rgb: npt.NDArray[np.uint8], src_um_per_px: float | None
+        self, rgb: npt.NDArray[np.uint8] | Image.Image, src_um_per_px: float | None
     ) -> npt.NDArray[np.uint8]:
         """Resample one image to the target scale and cut the centred square.
 
@@ -192,7 +192,8 @@ class Preprocessing:
 
         Args:
             rgb: uint8 ``(H, W, 3)`` RGB (``(H, W)`` gray and ``(H, W, 4)`` RGBA are
-                accepted and converted).
+                accepted and converted), or an RGB Pillow image (as
+                :func:`cytostore.data.images.load_rgb_image` gives: no array copies).
             src_um_per_px: Pixel size of ``rgb`` in µm; ``None``, NaN or <= 0 mean
                 unknown.
 
@@ -200,10 +201,22 @@ class Preprocessing:
             uint8 ``(crop_px, crop_px, 3)``.
 
         Raises:
-            InvalidArgumentError: If ``rgb`` is not an 8-bit image array.
+            InvalidArgumentError: If ``rgb`` is not an 8-bit image array or an RGB
+                Pillow image.
         """
-        img = _as_rgb(rgb)
-        h, w = img.shape[:2]
+        img: npt.NDArray[np.uint8] | None = None
+        if isinstance(rgb, Image.Image):
+            if rgb.mode != "RGB":
+                raise InvalidArgumentError(
+                    f"expected an RGB Pillow image, got mode {rgb.mode}: decode "
+                    "files with cytostore.data.load_rgb"
+                )
+            pil: Image.Image | None = rgb
+            w, h = rgb.size
+        else:
+            img = _as_rgb(rgb)
+            pil = None
+            h, w = img.shape[:2]
         known = (
             src_um_per_px is not None
             and math.isfinite(src_um_per_px)
@@ -217,9 +230,12 @@ class Preprocessing:
         )
         pad_y = max(0, math.ceil((side - h) / 2) + 2)
         pad_x = max(0, math.ceil((side - w) / 2) + 2)
-        pil = Image.fromarray(img)
+        if pil is None:
+            assert img is not None
+            pil = Image.fromarray(img)
         if pad_x or pad_y:
-            fill = tuple(int(v) for v in _border_colour(img))
+            border = _border_colour(img) if img is not None else _pil_border(pil)
+            fill = tuple(int(v) for v in border)
             canvas = Image.new("RGB", (w + 2 * pad_x, h + 2 * pad_y), fill)
             canvas.paste(pil, (pad_x, pad_y))
             pil = canvas
@@ -328,6 +344,14 @@ def _as_rgb(img: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
             f"expected an (H, W, 3) RGB image, got shape {arr.shape}"
         )
     return np.ascontiguousarray(arr)
+
+
+def _pil_border(pil: Image.Image) -> npt.NDArray[np.uint8]:
+    """:func:`_border_colour` of an RGB Pillow image (without copying its pixels)."""
+    w, h = pil.size
+    edges = [(0, 0, w, 1), (0, h - 1, w, h), (0, 0, 1, h), (w - 1, 0, w, h)]
+    parts = [np.asarray(pil.crop(box), dtype=np.uint8).reshape(-1, 3) for box in edges]
+    return np.median(np.concatenate(parts, axis=0), axis=0).astype(np.uint8)
 
 
 def _border_colour(img: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:

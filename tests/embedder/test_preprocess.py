@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,3 +124,47 @@ def test_apply_many__matches_apply() -> None:
     np.testing.assert_array_equal(many[1], prep.apply(imgs[1], 0.17))
     with pytest.raises(InvalidArgumentError, match="2 images but 3"):
         prep.apply_many(imgs, [0.1, 0.1, 0.1])
+
+
+@pytest.mark.parametrize("um", [0.07, 0.25, 0.5, None])  # crop inside, padded, whole
+def test_apply__pillow_image_gives_the_array_result(um: float | None) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (120, 150, 3), dtype=np.uint8)
+    prep = Preprocessing.for_input(32)
+    np.testing.assert_array_equal(
+        prep.apply(Image.fromarray(rgb), um), prep.apply(rgb, um)
+    )
+    with pytest.raises(InvalidArgumentError, match="RGB Pillow image"):
+        prep.apply(Image.fromarray(rgb).convert("L"), um)
+
+
+@pytest.mark.parametrize(
+    ("name", "mode", "alpha"),
+    [
+        ("a.tif", "RGBA", 255),  # LMU-like: fast path, alpha dropped
+        ("a.tif", "RGBA", 7),  # see-through: Pillow composites on white
+        ("a.tif", "RGB", None),  # MLL-like
+        ("a.tif", "L", None),
+        ("a.jpg", "RGB", None),  # BM-like: Pillow
+        ("a.png", "LA", 255),
+    ],
+)
+def test_load_rgb_image__same_pixels_as_load_rgb(
+    tmp_path: Path, name: str, mode: str, alpha: int | None
+) -> None:
+    from PIL import Image
+
+    from cytostore.data.images import load_rgb, load_rgb_image
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (70, 90, len(mode)), dtype=np.uint8)
+    if alpha is not None:
+        arr[..., -1] = 255
+        arr[5, 5, -1] = alpha
+    path = tmp_path / name
+    Image.fromarray(arr[:, :, 0] if len(mode) == 1 else arr, mode).save(path)
+    img = load_rgb_image(path)
+    assert img.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(img), load_rgb(path))
