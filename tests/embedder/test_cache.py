@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,8 +132,14 @@ def test_build_cache__unknown_id_raises(cell_store: Store) -> None:
         build_cache(cell_store, PREP, ids=[1, 999], workers=0)
 
 
-def test_build_cache__synthetic_tcia_layouts(synthetic_store_copy) -> None:
+def test_build_cache__synthetic_tcia_layouts(
+    synthetic_store_copy: Path, tmp_path: Path
+) -> None:
     store = Store.open(synthetic_store_copy)
+    # The images belong to the session's shared tree: delete from a private copy.
+    bm_root = shutil.copytree(store.dataset_roots()["bm"], tmp_path / "bm")
+    with store.transaction() as con:
+        con.execute("UPDATE datasets SET root = ? WHERE dataset = 'bm'", [str(bm_root)])
     ids = store.where_ids()
     first = {d: int(store.where_ids(f"dataset = '{d}'")[0]) for d in ("lmu", "bm")}
     store.cell_paths([first["bm"]])[0].unlink()
