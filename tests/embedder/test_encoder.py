@@ -122,3 +122,35 @@ def test_resolve_precision__auto_and_errors() -> None:
         resolve_precision("fp16", cpu)
     with pytest.raises(InvalidArgumentError, match="unknown precision"):
         resolve_precision("int8", cpu)
+
+
+def test_encoder__load_folds_batch_norms_same_vectors(
+    cell_store: Store, encoder: Encoder
+) -> None:
+    from cytostore.embedder.backbones import build_backbone, load_init_weights
+    from cytostore.embedder.registry import WEIGHTS_FILE, model_dir
+
+    assert not any(
+        isinstance(m, torch.nn.BatchNorm2d) for m in encoder.backbone.modules()
+    )
+    plain, _ = build_backbone("tiny", crop_px=48)
+    load_init_weights(plain, model_dir(cell_store, "rand") / WEIGHTS_FILE, name="tiny")
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    unfused = Encoder(
+        plain, encoder.preprocessing, device="cpu", precision="fp32", store=cell_store
+    )
+    ids = cell_store.where_ids()
+    np.testing.assert_allclose(
+        encoder.embed(ids), unfused.embed(ids), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_fuse_for_inference__untraceable_module_is_kept() -> None:
+    from cytostore.embedder.encoder import fuse_for_inference
+
+    class Branchy(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x if x.sum() > 0 else -x  # data-dependent: fx cannot trace
+
+    m = Branchy()
+    assert fuse_for_inference(m) is m
