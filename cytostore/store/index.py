@@ -241,9 +241,10 @@ def build_index(
             "search_params = ?, updated_at = now() WHERE set_id = ?",
             [int(idx.ntotal), factory, json.dumps(params), es.set_id],
         )
+        updated = get_set(store, es.set_id)  # same connection: no second open
     _remember(path, idx)
     logger.info("index %s of set %s holds %d vectors", factory, es.name, idx.ntotal)
-    return get_set(store, es.set_id)
+    return updated
 
 
 def _fill_flat(
