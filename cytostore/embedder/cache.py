@@ -200,6 +200,11 @@ class CellCache:
         idx = self.index_of(ids)
         if len(idx) == 0:
             return np.zeros((0, *self.shape[1:]), dtype=np.uint8)
+        step = np.diff(idx)
+        if (step == 1).all():  # consecutive rows (embedding in cache order): one slice
+            return np.array(self.array[idx[0] : idx[0] + len(idx)])
+        if (step > 0).all():  # ascending: one gather, front to back
+            return self.array[idx]
         order = np.argsort(idx, kind="stable")
         out = np.empty((len(idx), *self.shape[1:]), dtype=np.uint8)
         out[order] = self.array[idx[order]]  # read the file front to back
