@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -60,6 +61,15 @@ _EXACT_CHUNK_ROWS = 65_536
 _RACY_NS = 2_000_000_000
 #: Loaded sets a :class:`SearcherCache` keeps (each holds its index in memory).
 _CACHED_SETS = 2
+#: Filters whose selections a SearcherCache remembers.
+_CACHED_FILTERS = 8
+#: SQL that gives another answer each time: never remembered.
+_VOLATILE = re.compile(
+    r"\b(random|now|uuid|gen_random_uuid|setseed|today|get_current_time|"
+    r"current_date|current_time|current_timestamp|current_localtime|"
+    r"current_localtimestamp|transaction_timestamp)\b",
+    re.IGNORECASE,
+)
 
 _Stamp = tuple[int, int, int] | None
 
@@ -384,9 +394,12 @@ class SearcherCache:
     :meth:`get` without ``where`` returns the cached :class:`Searcher` of a set
     when the catalog (``catalog.duckdb`` and its WAL), the vector, ids and index
     files all have the inode, size and mtime they had when the set was loaded, so
-    no catalog is opened and nothing is read. Otherwise, and always with
-    ``where``, it opens the catalog once (the set's row, the filter) and reuses the
-    loaded vectors and index only if the row and the files are unchanged. A set that
+    no catalog is opened and nothing is read. A ``where`` asked again while those
+    stamps hold is answered from its remembered selection too (the last
+    :data:`_CACHED_FILTERS` filters; never one that calls a volatile function such
+    as ``random()`` or ``now()``). Otherwise it opens the catalog once (the set's
+    row, the filter) and reuses the loaded vectors and index only if the row and the
+    files are unchanged. A set that
     grew, an index that was rebuilt, a file that was truncated or replaced, or a
     store that gained a second set is therefore never answered from stale state, and
     a catalog written less than 2 s before it was checked is read again next time.
@@ -411,6 +424,11 @@ class SearcherCache:
         self._lock = threading.Lock()
         self._sets: OrderedDict[int, _Entry] = OrderedDict()
         self._names: dict[str | None, tuple[int, tuple[_Stamp, _Stamp]]] = {}
+        # (set key, where) -> (the catalog stamp it was evaluated at, the full
+        # searcher it restricts, the restriction)
+        self._filtered: OrderedDict[
+            tuple[str | None, str], tuple[tuple[_Stamp, _Stamp], Searcher, Searcher]
+        ] = OrderedDict()
 
     def get(
         self,
@@ -432,10 +450,17 @@ class SearcherCache:
         key = None if set_or_model is None else str(set_or_model)
         catalog = _catalog_stamp(store)
         checked_ns = time.time_ns()
-        if where is None:
+        reusable = where is not None and not _VOLATILE.search(where)
+        if where is None or reusable:
             hit = self._lookup(store, key, catalog)
-            if hit is not None:
+            if hit is not None and where is None:
                 return hit
+            if hit is not None:
+                with self._lock:
+                    known = self._filtered.get((key, str(where)))
+                    if known is not None and known[0] == catalog and known[1] is hit:
+                        self._filtered.move_to_end((key, str(where)))
+                        return known[2]
         with store.connect(read_only=True):  # one short catalog visit
             es = get_set(store, set_or_model)
             chosen = store.where_ids(where) if where else None
@@ -457,7 +482,15 @@ class SearcherCache:
                 self._names[key] = (es.set_id, catalog)
             else:
                 self._names.pop(key, None)
-        return searcher if chosen is None else searcher.restricted(chosen, where or "")
+        if chosen is None:
+            return searcher
+        restricted = searcher.restricted(chosen, where or "")
+        if quiet and reusable:
+            with self._lock:
+                self._filtered[(key, str(where))] = (catalog, searcher, restricted)
+                while len(self._filtered) > _CACHED_FILTERS:
+                    self._filtered.popitem(last=False)
+        return restricted
 
     def _lookup(
         self, store: Store, key: str | None, catalog: tuple[_Stamp, _Stamp]
@@ -479,6 +512,7 @@ class SearcherCache:
         with self._lock:
             self._sets.clear()
             self._names.clear()
+            self._filtered.clear()
 
 
 def search(

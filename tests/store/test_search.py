@@ -250,3 +250,32 @@ def test_search__files_changed_after_caching_are_still_corrupt(
         f.truncate(10 * es.row_bytes)
     with pytest.raises(StoreCorruptError, match="holds 10 rows but the catalog"):
         vec_store.search(1, k=3)
+
+
+def test_search__repeated_filter_is_remembered_until_the_catalog_changes(
+    vec_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _age_catalog(vec_store)
+    where = "label = 'EOS'"
+    first = vec_store.search(5, k=4, where=where)
+    counts = _Counts(monkeypatch)
+    _assert_same(vec_store.search(5, k=4, where=where), first)
+    assert counts.connect == 0  # the selection is remembered
+    vec_store.search(5, k=4, where="label <> 'EOS'")
+    assert counts.connect == 1  # another filter is evaluated
+    counts.reset()
+    for _ in range(2):  # never remembered: another answer each time
+        vec_store.search(5, k=4, where="random() < 2")
+    assert counts.connect == 2
+    # Relabel a cell elsewhere; an unfiltered search reloads the catalog stamp first.
+    other = Store.open(vec_store.root)
+    eos = other.where_ids(where)
+    with other.transaction() as con:
+        con.execute("UPDATE cells SET label = 'BAS' WHERE cell_id = ?", [int(eos[0])])
+    _age_catalog(vec_store)
+    vec_store.search(5, k=4)
+    counts.reset()
+    after = vec_store.search(5, k=20, where=where)
+    assert counts.connect == 1  # the filter is evaluated again, not reused
+    assert int(eos[0]) not in after[1].ravel().tolist()
+    _assert_same(after, Store.open(vec_store.root).search(5, k=20, where=where))
