@@ -105,7 +105,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=None)
     args = parser.parse_args()
     cells = args.cells or (600 if args.quick else 20_000)
-    reps = args.reps or (2 if args.quick else 3)
+    reps = args.reps or (2 if args.quick else 5)
     naive_cells = args.naive_cells or (60 if args.quick else 150)
     # The same tree as bench_ingest.py's for the same --cells.
     data = Path(tempfile.gettempdir()) / f"cytostore-bench-synth-{cells}"

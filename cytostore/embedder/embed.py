@@ -31,7 +31,7 @@ __all__ = ["embed"]
 logger = logging.getLogger(__name__)
 
 #: Commit the buffered vectors once this many cells are waiting ...
-COMMIT_CELLS = 2048
+COMMIT_CELLS = 8192
 #: ... or this many seconds after the last commit, whichever comes first.
 COMMIT_EVERY_S = 5.0
 
