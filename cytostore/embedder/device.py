@@ -13,13 +13,21 @@ close to float32:
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import sys
 
 import torch
 
 from cytostore.errors import InvalidArgumentError
 
-__all__ = ["PRECISIONS", "resolve_device", "resolve_precision", "autocast"]
+__all__ = [
+    "PRECISIONS",
+    "resolve_device",
+    "resolve_precision",
+    "autocast",
+    "tune_allocator",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -123,3 +131,41 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(
         device_type=device.type, dtype=dtype, enabled=precision != "fp32"
     )
+
+
+_ALLOCATOR_TUNED = False
+
+
+def tune_allocator() -> bool:
+    """Let glibc keep freed memory for reuse instead of handing it back at once.
+
+    A CNN forward on the CPU allocates and frees tens of MB of activations per
+    batch. By default glibc serves each such block with a fresh ``mmap`` and
+    unmaps it on ``free``, so every batch page-faults its memory in again (about
+    150 faults per cell for ``tiny`` at 96 px). With ``mmap`` off for the heap
+    (``M_MMAP_MAX=0``) and a high trim threshold, freed blocks are reused: on 2
+    CPU cores ``tiny`` embeds about 1.5k instead of 1.1k cells/s. The process then
+    keeps its peak memory until it exits. :func:`~cytostore.embedder.embed` and
+    :func:`~cytostore.embedder.pretrain` (so ``cytostore embed`` and ``cytostore
+    pretrain``) call this on Linux; elsewhere it does nothing.
+
+    Returns:
+        True if the allocator is tuned (now or before), False if not possible.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
+    ok = mallopt(m_mmap_max, 0) == 1 and mallopt(m_trim_threshold, 1 << 30) == 1
+    mallopt(m_top_pad, 64 << 20)
+    _ALLOCATOR_TUNED = bool(ok)
+    if ok:
+        logger.debug("glibc allocator tuned: no mmap for heap blocks, trim at 1 GiB")
+    return _ALLOCATOR_TUNED

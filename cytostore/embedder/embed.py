@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from cytostore.embedder.device import tune_allocator
 from cytostore.embedder.encoder import Encoder
 from cytostore.errors import DimensionMismatchError, UnknownEmbeddingSetError
 from cytostore.store import Store
@@ -81,6 +82,7 @@ def embed(
     from cytostore.errors import InvalidArgumentError
 
     t0 = time.perf_counter()
+    tune_allocator()  # reuse freed activation memory (glibc), see its docs
     if dtype not in DTYPES:
         raise InvalidArgumentError(f"--dtype {dtype!r} is not one of {sorted(DTYPES)}")
     if batch_size < 1:

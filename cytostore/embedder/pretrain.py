@@ -27,6 +27,7 @@ from cytostore.embedder.augment import AugmentConfig
 from cytostore.embedder.backbones import BACKBONES, build_backbone
 from cytostore.embedder.cache import build_cache
 from cytostore.embedder.card import ModelCard
+from cytostore.embedder.device import tune_allocator
 from cytostore.embedder.methods import METHODS, build_method
 from cytostore.embedder.monitor import TrainingHistory, write_curves
 from cytostore.embedder.preprocess import DEFAULT_FOV_UM, Preprocessing
@@ -161,6 +162,7 @@ def pretrain(
     """
     started = time.monotonic()
     _validate(method, backbone, balance, epochs, max_minutes, batch_size)
+    tune_allocator()  # reuse freed activation memory (glibc), see its docs
     store = store if isinstance(store, Store) else Store.open(store)
     folder = model_dir(store, name)
     registered = name in {r[0] for r in store.sql("SELECT name FROM models").rows}
