@@ -187,15 +187,7 @@ def load_rgb(path: str | Path) -> npt.NDArray[np.uint8]:
         >>> load_rgb(p).shape, load_rgb(p).dtype.name
         ((5, 3, 3), 'uint8')
     """
-    p = Path(path)
-    data = _read_tiff_bytes(p)
-    if data is not None:
-        # Plain uncompressed TIFFs (LMU's, MLL's): the pixels are the bytes.
-        rgb = _raw_tiff_rgb(data)
-        if rgb is not None:
-            return rgb
-    with _open_loaded(p, str(p)) as img:
-        return to_rgb(img)
+    return np.array(load_rgb_image(path), dtype=np.uint8)
 
 
 def load_rgb_image(path: str | Path) -> Image.Image:
@@ -211,6 +203,7 @@ def load_rgb_image(path: str | Path) -> Image.Image:
     p = Path(path)
     data = _read_tiff_bytes(p)
     if data is not None:
+        # Plain uncompressed TIFFs (LMU's, MLL's): the pixels are the bytes.
         img = _raw_tiff_image(data)
         if img is not None:
             return img
