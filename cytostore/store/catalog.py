@@ -629,6 +629,7 @@ class Store(VectorMethods):
             table = pa.table(
                 {
                     c: _patient_column(
+                        c,
                         [dataset if c == "dataset" else r.get(c) for r in renamed],
                         have.get(c, "VARCHAR"),
                     )
@@ -652,17 +653,33 @@ class Store(VectorMethods):
             self._refresh_views(con)
 
 
-def _patient_column(values: list[Any], sql_type: str) -> Any:
-    """One patients column as an Arrow array of the column's SQL type."""
+def _patient_column(name: str, values: list[Any], sql_type: str) -> Any:
+    """One patients column as an Arrow array of the column's SQL type.
+
+    Raises:
+        InvalidArgumentError: If a number column meets a value that is not one.
+    """
     import pyarrow as pa
+
+    from cytostore.errors import InvalidArgumentError
 
     if sql_type == "VARCHAR":
         return pa.array([None if v is None else str(v) for v in values], pa.string())
-    if sql_type in ("DOUBLE", "FLOAT", "REAL"):
-        return pa.array([None if v is None else float(v) for v in values], pa.float64())
-    if sql_type in ("INTEGER", "BIGINT", "SMALLINT", "TINYINT"):
-        return pa.array([None if v is None else int(v) for v in values], pa.int64())
-    return pa.array(values)
+    numeric = {"DOUBLE": float, "FLOAT": float, "REAL": float, "INTEGER": int}
+    numeric.update(BIGINT=int, SMALLINT=int, TINYINT=int)
+    cast = numeric.get(sql_type)
+    if cast is None:
+        return pa.array(values)
+    out = []
+    for v in values:
+        try:
+            out.append(None if v is None or v == "" else cast(v))
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(
+                f"patients column {name!r} holds numbers, but one value is {v!r}: "
+                "correct it in the metadata table, or leave it empty"
+            ) from None
+    return pa.array(out, pa.float64() if cast is float else pa.int64())
 
 
 def _insert_cells(

@@ -9,6 +9,7 @@ import pytest
 
 from cytostore.errors import (
     EmptySelectionError,
+    InvalidArgumentError,
     InvalidWhereError,
     ReadOnlyError,
     StoreBusyError,
@@ -170,3 +171,14 @@ def test_connect__reader_waits_for_writer_then_reports_busy(tmp_path: Path) -> N
         assert patient.sql("SELECT 42").rows == [(42,)]
     finally:
         proc.join()
+
+
+def test_upsert_patients__text_in_a_number_column_is_a_clear_error(
+    tmp_store: Store,
+) -> None:
+    tmp_store.upsert_patients("d", [{"patient_id": "p1", "age": 61, "blasts": 0.4}])
+    with pytest.raises(InvalidArgumentError, match="'age' holds numbers.*'unknown'"):
+        tmp_store.upsert_patients("d", [{"patient_id": "p2", "age": "unknown"}])
+    tmp_store.upsert_patients("d", [{"patient_id": "p3", "age": "", "blasts": None}])
+    rows = tmp_store.sql("SELECT patient_id, age FROM patients ORDER BY 1").rows
+    assert rows == [("p1", 61.0), ("p3", None)]
