@@ -211,11 +211,11 @@ class Preprocessing:
                     f"expected an RGB Pillow image, got mode {rgb.mode}: decode "
                     "files with cytostore.data.load_rgb"
                 )
-            pil: Image.Image | None = rgb
+            pil = rgb
             w, h = rgb.size
         else:
             img = _as_rgb(rgb)
-            pil = None
+            pil = Image.fromarray(img)
             h, w = img.shape[:2]
         known = (
             src_um_per_px is not None
@@ -230,9 +230,6 @@ class Preprocessing:
         )
         pad_y = max(0, math.ceil((side - h) / 2) + 2)
         pad_x = max(0, math.ceil((side - w) / 2) + 2)
-        if pil is None:
-            assert img is not None
-            pil = Image.fromarray(img)
         if pad_x or pad_y:
             border = _border_colour(img) if img is not None else _pil_border(pil)
             fill = tuple(int(v) for v in border)
