@@ -175,7 +175,15 @@ def pretrain(
     if overwrite and not resume:
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     if method == "none":
-        return _register_baseline(store, name, backbone, prep, init, seed, overwrite)
+        return register_random_model(
+            store,
+            name,
+            backbone,
+            seed=seed,
+            preprocessing=prep,
+            init=init,
+            overwrite=overwrite,
+        )
 
     ids = store.where_ids(where)
     cache = build_cache(store, prep, ids, workers=workers, progress=progress)
@@ -324,36 +332,6 @@ def _validate(
             f"--batch-size must be >= 2 (views are contrasted in a batch), "
             f"got {batch_size}"
         )
-
-
-def _register_baseline(
-    store: Store,
-    name: str,
-    backbone: str,
-    prep: Preprocessing,
-    init: str | os.PathLike[str] | None,
-    seed: int,
-    overwrite: bool,
-) -> ModelCard:
-    if init is None:
-        return register_random_model(
-            store, name, backbone, seed=seed, preprocessing=prep, overwrite=overwrite
-        )
-    module, dim = build_backbone(backbone, init, crop_px=prep.crop_px, seed=seed)
-    return register_model(
-        store,
-        name,
-        module,
-        {
-            "method": "none",
-            "backbone": backbone,
-            "dim": dim,
-            "preprocessing": prep,
-            "seed": seed,
-            "init": str(init),
-        },
-        overwrite=overwrite,
-    )
 
 
 def _monitor_split(

@@ -163,6 +163,7 @@ def register_random_model(
     seed: int = 0,
     *,
     preprocessing: Preprocessing | None = None,
+    init: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
 ) -> ModelCard:
     """Register a seeded random-init backbone (``method="none"``): the baseline.
@@ -175,6 +176,8 @@ def register_random_model(
             ``Preprocessing.for_input(crop_px)`` unless ``preprocessing`` is given.
         seed: Seed of the random init (the same seed gives the same weights).
         preprocessing: Use this preprocessing instead (its ``crop_px`` wins).
+        init: Start from these torchvision-format weights instead of random ones
+            (recorded in the card as ``init``).
         overwrite: Replace a registered model of the same name.
 
     Returns:
@@ -191,21 +194,18 @@ def register_random_model(
         ('none', 128, 64)
     """
     prep = preprocessing or Preprocessing.for_input(crop_px)
-    module, dim = build_backbone(backbone, crop_px=prep.crop_px, seed=seed)
-    return register_model(
-        store,
-        name,
-        module,
-        {
-            "method": "none",
-            "backbone": backbone,
-            "dim": dim,
-            "preprocessing": prep,
-            "epochs": 0,
-            "seed": seed,
-        },
-        overwrite=overwrite,
-    )
+    module, dim = build_backbone(backbone, init, crop_px=prep.crop_px, seed=seed)
+    fields: dict[str, Any] = {
+        "method": "none",
+        "backbone": backbone,
+        "dim": dim,
+        "preprocessing": prep,
+        "epochs": 0,
+        "seed": seed,
+    }
+    if init is not None:
+        fields["init"] = str(init)
+    return register_model(store, name, module, fields, overwrite=overwrite)
 
 
 def load_card(store: Store, name: str) -> ModelCard:

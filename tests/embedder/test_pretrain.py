@@ -120,6 +120,28 @@ def test_pretrain__method_none_registers_the_random_baseline(store: Store) -> No
     assert (card.method, card.epochs, card.seed) == ("none", 0, 3)
 
 
+def test_pretrain__method_none_with_init_registers_those_weights(
+    store: Store, tmp_path: Path
+) -> None:
+    from cytostore.embedder import Encoder, build_backbone
+
+    src, _ = build_backbone("tiny", seed=7)
+    path = tmp_path / "tiny.pt"
+    torch.save(src.state_dict(), path)
+    card = pretrain(
+        store, "init", method="none", backbone="tiny", crop_px=32, init=path, seed=0
+    )
+    assert (card.method, card.init) == ("none", str(path))
+    pretrain(store, "rnd", method="none", backbone="tiny", crop_px=32, seed=0)
+    got = Encoder.load(store, "init", device="cpu", precision="fp32").backbone
+    rnd = Encoder.load(store, "rnd", device="cpu", precision="fp32").backbone
+    want = Encoder(src, card.preprocessing, device="cpu", precision="fp32").backbone
+    x = torch.rand(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(got(x), want(x), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(rnd(x), want(x), atol=1e-3)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
