@@ -12,7 +12,12 @@ import torch
 from cytostore.embedder.augment import AugmentConfig
 from cytostore.embedder.backbones import build_backbone
 from cytostore.embedder.methods import METHODS, build_method
-from cytostore.embedder.train import TrainConfig, config_difference, train_ssl
+from cytostore.embedder.train import (
+    TrainConfig,
+    TrainResult,
+    config_difference,
+    train_ssl,
+)
 from cytostore.errors import ConfigMismatchError, TrainingDivergedError
 
 
@@ -59,21 +64,35 @@ def _method(name: str = "simclr") -> object:
     return build_method(name, backbone, dim, **kwargs)
 
 
+def _train(
+    tmp_path: Path,
+    method: object | None = None,
+    config: TrainConfig | None = None,
+    **kw: object,
+) -> TrainResult:
+    """``train_ssl`` on 48 :func:`_images` of one dataset, on the CPU."""
+    return train_ssl(
+        method if method is not None else _method(),
+        _images(),
+        ["d"] * 48,
+        config if config is not None else _config(),
+        MEAN,
+        STD,
+        tmp_path,
+        device="cpu",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_train_ssl__each_method_runs_with_finite_changing_loss(
     name: str, tmp_path: Path
 ) -> None:
-    images = _images()
-    result = train_ssl(
-        _method(name),
-        images,
-        ["d"] * len(images),
-        _config(name),
-        MEAN,
-        STD,
+    result = _train(
         tmp_path,
+        method=_method(name),
+        config=_config(name),
         epochs=2,
-        device="cpu",
     )
     losses = [e["loss"] for e in result.epochs]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
@@ -86,63 +105,33 @@ def test_train_ssl__each_method_runs_with_finite_changing_loss(
 def test_train_ssl__changes_the_backbone_weights(tmp_path: Path) -> None:
     method = _method()
     before = {k: v.clone() for k, v in method.backbone.state_dict().items()}
-    images = _images()
-    train_ssl(
-        method,
-        images,
-        ["d"] * 48,
-        _config(),
-        MEAN,
-        STD,
+    _train(
         tmp_path,
+        method=method,
         epochs=1,
-        device="cpu",
     )
     after = method.backbone.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
 def test_train_ssl__max_s_stops_a_run_without_epoch_limit(tmp_path: Path) -> None:
-    images = _images()
-    result = train_ssl(
-        _method(),
-        images,
-        ["d"] * 48,
-        _config(),
-        MEAN,
-        STD,
+    result = _train(
         tmp_path,
         max_s=1.0,
-        device="cpu",
     )
     assert result.stopped_by == "time"
     assert result.steps >= 1
 
 
 def test_train_ssl__resume_continues_the_epoch_count(tmp_path: Path) -> None:
-    images = _images()
-    first = train_ssl(
-        _method(),
-        images,
-        ["d"] * 48,
-        _config(),
-        MEAN,
-        STD,
+    first = _train(
         tmp_path,
         epochs=1,
-        device="cpu",
     )
-    again = train_ssl(
-        _method(),
-        images,
-        ["d"] * 48,
-        _config(),
-        MEAN,
-        STD,
+    again = _train(
         tmp_path,
         epochs=3,
         resume=True,
-        device="cpu",
     )
     assert [e["epoch"] for e in again.epochs] == [1, 2, 3]
     assert again.epochs[0] == first.epochs[0]  # history travelled in the checkpoint
@@ -150,57 +139,28 @@ def test_train_ssl__resume_continues_the_epoch_count(tmp_path: Path) -> None:
 
 
 def test_train_ssl__resume_refuses_a_changed_config_naming_it(tmp_path: Path) -> None:
-    images = _images()
-    train_ssl(
-        _method(),
-        images,
-        ["d"] * 48,
-        _config(),
-        MEAN,
-        STD,
+    _train(
         tmp_path,
         epochs=1,
-        device="cpu",
     )
     with pytest.raises(ConfigMismatchError, match=r"batch_size: 16 -> 8"):
-        train_ssl(
-            _method(),
-            images,
-            ["d"] * 48,
-            _config(batch_size=8),
-            MEAN,
-            STD,
+        _train(
             tmp_path,
+            config=_config(batch_size=8),
             epochs=2,
             resume=True,
-            device="cpu",
         )
 
 
 def test_train_ssl__refuses_to_restart_over_an_existing_run(tmp_path: Path) -> None:
-    images = _images()
-    train_ssl(
-        _method(),
-        images,
-        ["d"] * 48,
-        _config(),
-        MEAN,
-        STD,
+    _train(
         tmp_path,
         epochs=1,
-        device="cpu",
     )
     with pytest.raises(ValueError, match="--resume"):
-        train_ssl(
-            _method(),
-            images,
-            ["d"] * 48,
-            _config(),
-            MEAN,
-            STD,
+        _train(
             tmp_path,
             epochs=1,
-            device="cpu",
         )
 
 
@@ -216,18 +176,10 @@ class _PoisonSecondEpoch(pl.Callback):
 def test_train_ssl__nan_loss_raises_and_keeps_the_last_checkpoint(
     tmp_path: Path,
 ) -> None:
-    images = _images()
     with pytest.raises(TrainingDivergedError, match="last good checkpoint is kept"):
-        train_ssl(
-            _method(),
-            images,
-            ["d"] * 48,
-            _config(),
-            MEAN,
-            STD,
+        _train(
             tmp_path,
             epochs=3,
-            device="cpu",
             callbacks=[_PoisonSecondEpoch()],
         )
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
