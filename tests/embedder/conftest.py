@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from embedder_helpers import CELL_DATASETS, draw_cell
 from PIL import Image
 
@@ -56,3 +58,12 @@ def cell_store(tmp_path: Path, _cell_store_template: Path) -> Store:
         for dataset, um, *_ in CELL_DATASETS:
             store.upsert_dataset(dataset, "folder", tmp_path / "images" / dataset, um)
     return store
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: one thread avoids oversubscribing the shared CPU (much faster)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
