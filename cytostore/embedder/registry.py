@@ -29,7 +29,7 @@ from cytostore.embedder.card import (
 )
 from cytostore.embedder.preprocess import Preprocessing
 from cytostore.errors import InvalidArgumentError, UnknownModelError
-from cytostore.store import Store
+from cytostore.store import Store, delete_model_row, write_model_row
 
 __all__ = [
     "MODELS_DIR",
@@ -130,21 +130,17 @@ def register_model(
     )
     card = ModelCard.from_dict(fields)
     doc = card.write(folder).read_text()
-    with store.transaction() as con:
-        con.execute("DELETE FROM models WHERE name = ?", [name])
-        con.execute(
-            "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                name,
-                card.method,
-                card.backbone,
-                card.dim,
-                f"{MODELS_DIR}/{name}",
-                card.sha256,
-                doc,
-                created.replace(tzinfo=None),
-            ],
-        )
+    write_model_row(
+        store,
+        name=name,
+        method=card.method,
+        backbone=card.backbone,
+        dim=card.dim,
+        path=f"{MODELS_DIR}/{name}",
+        sha256=card.sha256,
+        card=doc,
+        created_at=created.replace(tzinfo=None),
+    )
     logger.info(
         "registered model %s (%s, %s, dim %d)",
         name,
@@ -250,8 +246,7 @@ def delete_model(store: Store, name: str) -> None:
         UnknownModelError: If no model of that name is registered.
     """
     load_card(store, name)
-    with store.transaction() as con:
-        con.execute("DELETE FROM models WHERE name = ?", [name])
+    delete_model_row(store, name)
     shutil.rmtree(model_dir(store, name), ignore_errors=True)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cytostore.errors import InvalidArgumentError, StoreCorruptError, UnknownHeadError
-from cytostore.store import Store
+from cytostore.store import Store, write_head_row
 
 __all__ = [
     "HEADS_DIR",
@@ -110,18 +110,15 @@ def save_head(
     report_doc = json.dumps(jsonable(report), indent=2, ensure_ascii=False)
     _write_atomic(folder / "head.json", meta_doc.encode())
     _write_atomic(folder / "report.json", report_doc.encode())
-    with store.transaction() as con:
-        con.execute(
-            "INSERT OR REPLACE INTO heads VALUES (?, ?, ?, ?, ?, ?, now())",
-            [
-                name,
-                meta["kind"],
-                meta.get("model"),
-                meta.get("label"),
-                str(folder.relative_to(store.root)),
-                report_doc,
-            ],
-        )
+    write_head_row(
+        store,
+        name=name,
+        kind=meta["kind"],
+        model=meta.get("model"),
+        label=meta.get("label"),
+        path=str(folder.relative_to(store.root)),
+        report=report_doc,
+    )
     return folder
 
 

@@ -1,7 +1,18 @@
 """The on-disk store: DuckDB catalog, vectors, FAISS indexes, search, SQL, export."""
 
 from cytostore.store.catalog import CATALOG_FILE, CELL_COLUMNS, QueryResult, Store
+from cytostore.store.paths import is_inside, resolve_inside
+from cytostore.store.sandbox import check_query, parse_where
 from cytostore.store.vectors import EmbeddingSet, VectorWriter
+from cytostore.store.writers import (
+    delete_head_row,
+    delete_model_row,
+    write_attention,
+    write_head_row,
+    write_model_row,
+    write_patient_predictions,
+    write_predictions,
+)
 
 __all__ = [
     "CATALOG_FILE",
@@ -10,4 +21,11 @@ __all__ = [
     "QueryResult",
     "Store",
     "VectorWriter",
+    "delete_head_row",
+    "delete_model_row",
+    "write_attention",
+    "write_head_row",
+    "write_model_row",
+    "write_patient_predictions",
+    "write_predictions",
 ]

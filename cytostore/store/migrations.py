@@ -137,10 +137,15 @@ ALTER TABLE patient_predictions ADD COLUMN predicted_at TIMESTAMP;
 ALTER TABLE attention ADD COLUMN dataset VARCHAR;
 """
 
+_M031_HEAD_WEIGHTS = """
+ALTER TABLE heads ADD COLUMN weights_sha256 VARCHAR;
+"""
+
 MIGRATIONS: list[Migration] = [
     (1, "m001_catalog", _M001_CATALOG),
     (2, "m002_models_heads_predictions", _M002_LATER_FLOORS),
     (20, "m020_embedding_sets", _M020_EMBEDDING_SETS),
     (21, "m021_embedding_set_weights", _M021_SET_WEIGHTS),
     (30, "m030_heads_patient_prediction_columns", _M030_PATIENT_PREDICTIONS),
+    (31, "m031_head_weights", _M031_HEAD_WEIGHTS),
 ]
