@@ -1,6 +1,7 @@
 """The on-disk store: DuckDB catalog, vectors, FAISS indexes, search, SQL, export."""
 
 from cytostore.store.catalog import CATALOG_FILE, CELL_COLUMNS, QueryResult, Store
+from cytostore.store.checksums import forget_files, record_file, record_tree
 from cytostore.store.paths import is_inside, resolve_inside
 from cytostore.store.sandbox import check_query, parse_where
 from cytostore.store.vectors import EmbeddingSet, VectorWriter
@@ -21,6 +22,9 @@ __all__ = [
     "QueryResult",
     "Store",
     "VectorWriter",
+    "forget_files",
+    "record_file",
+    "record_tree",
     "delete_head_row",
     "delete_model_row",
     "write_attention",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cytostore.errors import InvalidArgumentError, StoreCorruptError
+from cytostore.store.checksums import record_file, sha256_file
 from cytostore.store.vectors import EmbeddingSet, get_set, ids_path, vector_path
 
 if TYPE_CHECKING:
@@ -234,8 +235,10 @@ def build_index(
     faiss.write_index(idx, str(tmp))
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
+    digest = (tmp.stat().st_size, sha256_file(tmp))
     os.replace(tmp, path)
     with store.transaction() as con:
+        record_file(store, f"indexes/{path.name}", "index", es.set_id, digest=digest)
         con.execute(
             "UPDATE embedding_sets SET n_indexed = ?, index_factory = ?, "
             "search_params = ?, updated_at = now() WHERE set_id = ?",

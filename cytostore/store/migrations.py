@@ -141,11 +141,23 @@ _M031_HEAD_WEIGHTS = """
 ALTER TABLE heads ADD COLUMN weights_sha256 VARCHAR;
 """
 
+_M032_FILES = """
+CREATE TABLE files (
+    path        VARCHAR PRIMARY KEY,
+    kind        VARCHAR NOT NULL,
+    owner       VARCHAR,
+    bytes       BIGINT NOT NULL,
+    sha256      VARCHAR NOT NULL,
+    written_at  TIMESTAMP
+);
+"""
+
 MIGRATIONS: list[Migration] = [
     (1, "m001_catalog", _M001_CATALOG),
     (2, "m002_models_heads_predictions", _M002_LATER_FLOORS),
     (20, "m020_embedding_sets", _M020_EMBEDDING_SETS),
     (21, "m021_embedding_set_weights", _M021_SET_WEIGHTS),
     (30, "m030_heads_patient_prediction_columns", _M030_PATIENT_PREDICTIONS),
+    (32, "m032_files_checksums", _M032_FILES),
     (31, "m031_head_weights", _M031_HEAD_WEIGHTS),
 ]

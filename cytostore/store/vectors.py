@@ -34,6 +34,7 @@ from cytostore.errors import (
     StoreWriteError,
     UnknownEmbeddingSetError,
 )
+from cytostore.store.checksums import PrefixHasher, forget_files, record_file
 
 if TYPE_CHECKING:
     from cytostore.store.catalog import Store
@@ -271,6 +272,10 @@ def create_set(
                 weights_sha256,
             ],
         )
+        # A reused set id must not inherit the checksums of the files it clears.
+        suffixes = (*DTYPES.values(), ".ids")
+        forget_files(store, [f"vectors/{set_id}{s}" for s in suffixes])
+        forget_files(store, [f"indexes/{set_id}.faiss"])
     (store.root / "vectors").mkdir(exist_ok=True)
     es = get_set(store, set_id)
     # A set id can be reused after a merge dropped shard sets: clear leftovers.
@@ -405,6 +410,10 @@ class VectorWriter:
             self._n = self.es.n_vectors
             self._vec = open(vector_path(store, self.es), "a+b")  # noqa: SIM115
             self._ids = open(ids_path(store, self.es), "a+b")  # noqa: SIM115
+            self._sums = (  # running sha256 of the committed prefixes (checksums)
+                PrefixHasher(vector_path(store, self.es)),
+                PrefixHasher(ids_path(store, self.es)),
+            )
             self._truncate()
             ids, _ = read_vectors(store, self.es)
             self._seen = np.zeros(int(ids.max()) + 1 if ids.size else 1, dtype=bool)
@@ -481,8 +490,9 @@ class VectorWriter:
             x = normalize_rows(x)
         rows = np.ascontiguousarray(x, dtype=self.es.np_dtype)
         n_new = self._n + ids_arr.size
+        ids_le = ids_arr.astype("<i8")
         try:
-            for f, data in ((self._vec, rows), (self._ids, ids_arr.astype("<i8"))):
+            for f, data in ((self._vec, rows), (self._ids, ids_le)):
                 f.seek(0, os.SEEK_END)
                 _write_all(f, data.tobytes())
                 f.flush()
@@ -495,6 +505,10 @@ class VectorWriter:
                 f"writing vectors of set {self.es.name!r} failed ({why}); nothing was "
                 "committed: free space and rerun, it continues where it stopped"
             ) from exc
+        sums = (
+            self._sums[0].peek(self._n * self.es.row_bytes, rows),
+            self._sums[1].peek(self._n * 8, ids_le),
+        )
         with self.store.transaction() as con:
             have = con.execute(
                 "SELECT n_vectors FROM embedding_sets WHERE set_id = ?",
@@ -511,6 +525,16 @@ class VectorWriter:
                 "WHERE set_id = ?",
                 [n_new, self.es.set_id],
             )
+            sid = self.es.set_id
+            for path, kind, digest in (
+                (vector_path(self.store, self.es), "vectors", sums[0]),
+                (ids_path(self.store, self.es), "ids", sums[1]),
+            ):
+                record_file(
+                    self.store, f"vectors/{path.name}", kind, sid, digest=digest
+                )
+        for hasher in self._sums:
+            hasher.commit()
         if int(ids_arr.max()) >= self._seen.size:
             grown = np.zeros(max(int(ids_arr.max()) + 1, 2 * self._seen.size), bool)
             grown[: self._seen.size] = self._seen
