@@ -20,6 +20,8 @@ __all__ = [
     "UnknownModelError",
     "UnknownEmbeddingSetError",
     "UnknownHeadError",
+    "StaleHeadError",
+    "PickledHeadError",
     "DimensionMismatchError",
     "ConfigMismatchError",
     "TrainingDivergedError",
@@ -29,6 +31,10 @@ __all__ = [
     "SplitError",
     "WeightsMismatchError",
     "StoreWriteError",
+    "HasDependentsError",
+    "NotInStoreError",
+    "QueryRefusedError",
+    "QueryTimeoutError",
 ]
 
 
@@ -52,12 +58,24 @@ class StoreCorruptError(CytostoreError):
     """Files of the store disagree with the catalog (sizes, counts, hashes)."""
 
 
+class PickledHeadError(StoreCorruptError):
+    """A head folder holds only an older cytostore's pickle, which is never loaded."""
+
+
 class ReadOnlyError(InvalidArgumentError):
     """A write was attempted through a read-only entry point (``cytostore sql``)."""
 
 
 class InvalidWhereError(InvalidArgumentError):
     """A ``--where`` SQL filter does not parse or names a missing column."""
+
+
+class QueryRefusedError(ReadOnlyError):
+    """User SQL is not one read-only query (several statements, COPY, ATTACH, ...)."""
+
+
+class QueryTimeoutError(CytostoreError, TimeoutError):
+    """A query ran past its ``--timeout`` and was interrupted."""
 
 
 class EmptySelectionError(InvalidArgumentError):
@@ -87,6 +105,10 @@ class UnknownHeadError(InvalidArgumentError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class StaleHeadError(CytostoreError, ValueError):
+    """A head was trained on embeddings of model weights that have changed since."""
 
 
 class DimensionMismatchError(CytostoreError, ValueError):
@@ -123,3 +145,14 @@ class WeightsMismatchError(InvalidArgumentError):
 
 class StoreWriteError(CytostoreError, OSError):
     """Writing a store file failed (disk full, permissions); nothing was committed."""
+
+
+class HasDependentsError(CytostoreError):
+    """Something still depends on what ``rm`` was asked to remove (use --cascade)."""
+
+
+class NotInStoreError(CytostoreError, KeyError):
+    """The model, set, head, patient or dataset to remove is not in the store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -90,8 +90,9 @@ def embed(
     part = parse_shard(shard) if shard is not None else None
     # The set-up reads and writes the catalog a few times: one transaction for all
     # of it (each open costs tens of ms), committed and closed before the loop.
+    # The user's filter runs on a read connection before any write opens.
+    ids = store.where_ids(where)
     with store.transaction():
-        ids = store.where_ids(where)
         encoder = Encoder.load(store, model, device=device, batch_size=batch_size)
         check_factory(encoder.dim, index)
         prep = encoder.preprocessing.to_dict()

@@ -42,7 +42,11 @@ def and_where(*clauses: str | None) -> str | None:
         >>> and_where("dataset = 'bm'", None, "age > 60")
         "(dataset = 'bm') AND (age > 60)"
     """
-    parts = [f"({c})" for c in clauses if c]
+    from cytostore.store import parse_where
+
+    # Each clause must be one expression on its own, so that "a) OR (b" cannot
+    # join with its neighbour into a different filter.
+    parts = [f"({parse_where(c)})" for c in clauses if c]
     return " AND ".join(parts) if parts else None
 
 
@@ -116,11 +120,8 @@ def load_cells(
     ids, X = store.vectors(model, where)
     if ids.size == 0:
         raise EmptySelectionError(f"--where {where!r} selects no embedded cell")
-    select = ", ".join(f'"{c}"' for c in cols)
-    rows = store.sql(
-        f"SELECT cell_id{', ' + select if select else ''} FROM cell_meta"
-        + (f" WHERE {where}" if where else "")
-    ).rows
+    # The rows of the chosen cells by id: the filter was applied once, by vectors().
+    rows = store.cell_meta(ids, ["cell_id", *cols]).rows
     meta_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
     order = np.argsort(meta_ids, kind="stable")
     pos = np.searchsorted(meta_ids[order], ids)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,11 +26,23 @@ import numpy.typing as npt
 from cytostore.errors import (
     EmptySelectionError,
     InvalidWhereError,
+    QueryRefusedError,
+    QueryTimeoutError,
     ReadOnlyError,
     StoreBusyError,
     StoreNotFoundError,
 )
+from cytostore.store.gate import gate_for
 from cytostore.store.migrations import MIGRATIONS
+from cytostore.store.paths import resolve_inside
+from cytostore.store.sandbox import (
+    check_query,
+    duckdb_message,
+    hardened_config,
+    interrupt_after,
+    parse_where,
+)
+from cytostore.store.search import SearcherCache
 from cytostore.store.vector_api import VectorMethods
 
 __all__ = ["Store", "QueryResult", "CATALOG_FILE", "CELL_COLUMNS"]
@@ -142,8 +155,8 @@ class Store(VectorMethods):
         self.busy_timeout_s = (
             _busy_timeout_s() if busy_timeout_s is None else busy_timeout_s
         )
-        self._conn: duckdb.DuckDBPyConnection | None = None
-        self._conn_read_only = True
+        self._local = threading.local()
+        self._searchers = SearcherCache()
 
     # ------------------------------------------------------------------ opening
     @property
@@ -227,12 +240,24 @@ class Store(VectorMethods):
             self._refresh_views(con)
 
     # -------------------------------------------------------------- connections
+    @property
+    def _conn(self) -> duckdb.DuckDBPyConnection | None:
+        """This thread's open catalog connection, if any (one per thread)."""
+        return getattr(self._local, "conn", None)
+
+    @property
+    def _conn_read_only(self) -> bool:
+        return bool(getattr(self._local, "read_only", True))
+
     @contextlib.contextmanager
     def connect(self, read_only: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
         """Open the catalog for one operation, retrying while another process writes.
 
-        Nested calls reuse the connection already open in this store (a read inside
-        a write sees the write's uncommitted changes).
+        Nested calls in one thread reuse the connection already open (a read inside a
+        write sees the write's uncommitted changes). Threads have their own
+        connections; within one process, readers share the catalog and a writer has
+        it alone. Every connection is hardened (no file, network or extension access
+        beyond the catalog: see :mod:`cytostore.store.sandbox`).
 
         Yields:
             A DuckDB connection, closed when the block ends.
@@ -240,34 +265,75 @@ class Store(VectorMethods):
         Raises:
             StoreBusyError: If the catalog stays locked for ``busy_timeout_s``.
         """
-        if self._conn is not None and (read_only or not self._conn_read_only):
-            yield self._conn
+        current = self._conn
+        if current is not None and (read_only or not self._conn_read_only):
+            yield current
             return
-        if self._conn is not None:
+        if current is not None:
             raise RuntimeError("cannot open a write connection inside a read one")
         deadline = time.monotonic() + self.busy_timeout_s
-        delay = 0.05
+        gate = gate_for(self.catalog_path)
+        got = gate.acquire_read(deadline) if read_only else gate.acquire_write(deadline)
+        if not got:
+            raise StoreBusyError(self._busy_message(read_only, in_process=True))
+        try:
+            con = self._open_connection(read_only, deadline)
+            self._local.conn, self._local.read_only = con, read_only
+            try:
+                yield con
+            finally:
+                self._local.conn = None
+                con.close()
+        finally:
+            if read_only:
+                gate.release_read()
+            else:
+                gate.release_write()
+
+    def _open_connection(
+        self, read_only: bool, deadline: float
+    ) -> duckdb.DuckDBPyConnection:
+        delay = 0.02
         while True:
             try:
-                con = duckdb.connect(str(self.catalog_path), read_only=read_only)
-                break
+                return duckdb.connect(
+                    str(self.catalog_path),
+                    read_only=read_only,
+                    config=hardened_config(),
+                )
             except duckdb.Error as exc:
                 if not _is_lock_error(exc):
                     raise
-                if time.monotonic() >= deadline:
-                    raise StoreBusyError(
-                        f"the store {str(self.root)!r} is busy: another process is "
-                        f"writing to it (waited {self.busy_timeout_s:.0f} s); try "
-                        "again when it finishes, or raise CYTOSTORE_BUSY_TIMEOUT_S"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        self._conn, self._conn_read_only = con, read_only
+            if time.monotonic() >= deadline:
+                raise StoreBusyError(self._busy_message(read_only, in_process=False))
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _busy_message(self, read_only: bool, in_process: bool) -> str:
+        where = "a thread of this process" if in_process else "another process"
+        if read_only:
+            who = f"{where} is writing to it"
+        elif in_process:
+            holder = gate_for(self.catalog_path).holder()
+            who = f"{where} is {'writing to' if holder == 'writer' else 'reading'} it"
+        else:
+            who = f"{where} is {self._foreign_holder()} it"
+        return (
+            f"the store {str(self.root)!r} is busy: {who} (waited "
+            f"{self.busy_timeout_s:.0f} s); try again when it finishes, or raise "
+            "CYTOSTORE_BUSY_TIMEOUT_S"
+        )
+
+    def _foreign_holder(self) -> str:
+        """Say whether another process reads or writes the catalog we cannot write."""
         try:
-            yield con
-        finally:
-            self._conn = None
-            con.close()
+            con = duckdb.connect(
+                str(self.catalog_path), read_only=True, config=hardened_config()
+            )
+        except duckdb.Error:
+            return "writing to"
+        con.close()
+        return "reading (e.g. 'cytostore serve' or a notebook holding it open)"
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -277,7 +343,7 @@ class Store(VectorMethods):
             A DuckDB connection inside ``BEGIN``; an exception rolls everything back.
         """
         if self._conn is not None and not self._conn_read_only:
-            # Already inside a transaction of this store: join it.
+            # Already inside a transaction of this store in this thread: join it.
             yield self._conn
             return
         with self.connect(read_only=False) as con:
@@ -289,41 +355,84 @@ class Store(VectorMethods):
                 raise
             con.execute("COMMIT")
 
+    def in_write_transaction(self) -> bool:
+        """Return whether this thread is inside :meth:`transaction`."""
+        return self._conn is not None and not self._conn_read_only
+
     # -------------------------------------------------------------------- reads
     def sql(
-        self, query: str, params: Sequence[Any] | dict[str, Any] | None = None
+        self,
+        query: str,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        timeout_s: float | None = None,
     ) -> QueryResult:
-        """Run one read-only SQL query against the catalog.
+        """Run one read-only SQL query against the catalog, sandboxed.
+
+        The query runs on a read-only, hardened connection (no access to files
+        other than the catalog, no network, no extensions, settings locked), and
+        must be exactly one query statement (see :mod:`cytostore.store.sandbox`).
+        To write, or to read other files, open ``catalog.duckdb`` with your own
+        DuckDB client.
+
+        Args:
+            query: One SQL query (SELECT, WITH, VALUES, PIVOT, DESCRIBE, SUMMARIZE,
+                SHOW, EXPLAIN).
+            params: Values for ``?`` or ``$name`` placeholders.
+            timeout_s: Interrupt the query after this many seconds (``None``: never).
 
         Returns:
-            The result's columns and rows (an empty result for statements without).
+            The result's columns and rows.
 
         Raises:
+            QueryRefusedError: If the query is several statements or not a query.
             ReadOnlyError: If the query tries to change the catalog.
             InvalidWhereError: If the query does not parse or names a missing object.
+            QueryTimeoutError: If it ran past ``timeout_s``.
         """
-        with self.connect(read_only=True) as con:
+        statement = check_query(query)
+        with (
+            self.connect(read_only=True) as con,
+            interrupt_after(con, timeout_s) as fired,
+        ):
             try:
-                cur = con.execute(query, params) if params else con.execute(query)
-            except (duckdb.InvalidInputException, duckdb.PermissionException) as exc:
+                cur = (
+                    con.execute(statement, params) if params else con.execute(statement)
+                )
+                if cur.description is None:
+                    return QueryResult(columns=[], rows=[])
+                columns = [d[0] for d in cur.description]
+                rows = cur.fetchall()
+            except (duckdb.InterruptException, KeyboardInterrupt):
+                if fired.is_set():
+                    raise QueryTimeoutError(
+                        f"the query ran past {timeout_s:g} s and was stopped: narrow "
+                        "it (a WHERE, a LIMIT) or raise --timeout"
+                    ) from None
+                raise
+            except duckdb.PermissionException as exc:
+                raise QueryRefusedError(
+                    f"{duckdb_message(exc)}: cytostore's SQL reads the catalog and "
+                    "nothing else; open catalog.duckdb with your own DuckDB client "
+                    "to read other files"
+                ) from None
+            except duckdb.Error as exc:
                 if "read-only" in str(exc) or "read only" in str(exc):
                     raise ReadOnlyError(
                         "cytostore sql opens the catalog read-only and cannot change "
                         "it: use a SELECT query (or open catalog.duckdb with any "
                         "DuckDB client to write)"
                     ) from None
-                raise InvalidWhereError(_first_line(exc)) from None
-            except duckdb.Error as exc:
-                raise InvalidWhereError(_first_line(exc)) from None
-            if cur.description is None:
-                return QueryResult(columns=[], rows=[])
-            columns = [d[0] for d in cur.description]
-            return QueryResult(columns=columns, rows=cur.fetchall())
+                raise InvalidWhereError(duckdb_message(exc)) from None
+            return QueryResult(columns=columns, rows=rows)
 
     def where_ids(
         self, where: str | None = None, empty_ok: bool = False
     ) -> npt.NDArray[np.int64]:
         """Return the sorted cell ids whose ``cell_meta`` row satisfies ``where``.
+
+        ``where`` is parsed as one SQL expression and applied through DuckDB's
+        relational API on a read-only connection: it cannot end its clause or start
+        another statement. Call it before opening a write transaction.
 
         Args:
             where: A SQL boolean expression over the columns of the view ``cell_meta``
@@ -336,19 +445,30 @@ class Store(VectorMethods):
         Raises:
             InvalidWhereError: If ``where`` does not parse or names a missing column.
             EmptySelectionError: If nothing matches and ``empty_ok`` is false.
+            RuntimeError: If called inside a write transaction (a bug: a user's
+                filter never runs on a writing connection).
         """
-        query = "SELECT cell_id FROM cell_meta"
-        if where:
-            query += f" WHERE ({where})"
-        query += " ORDER BY cell_id"
+        if where is not None and self.in_write_transaction():
+            raise RuntimeError(
+                "a --where filter is evaluated before the write transaction opens"
+            )
+        expr = parse_where(where) if where else None
         with self.connect(read_only=True) as con:
             try:
-                ids = con.execute(query).fetchnumpy()["cell_id"]
+                rel = con.table("cell_meta")
+                if expr is not None:
+                    rel = rel.filter(expr)
+                ids = rel.project("cell_id").order("cell_id").fetchnumpy()["cell_id"]
+            except duckdb.PermissionException as exc:
+                raise InvalidWhereError(
+                    f"--where {where!r} was refused: {duckdb_message(exc)} (a filter "
+                    "reads the catalog and nothing else)"
+                ) from None
             except duckdb.Error as exc:
                 raise InvalidWhereError(
-                    f"invalid --where {where!r}: {_first_line(exc)} (it is evaluated "
-                    "against the columns of cell_meta: see 'cytostore sql STORE "
-                    '"DESCRIBE cell_meta"\')'
+                    f"invalid --where {where!r}: {duckdb_message(exc)} (it is "
+                    "evaluated against the columns of cell_meta: see 'cytostore sql "
+                    'STORE "DESCRIBE cell_meta"\')'
                 ) from None
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size == 0 and not empty_ok:
@@ -378,7 +498,7 @@ class Store(VectorMethods):
                 )
                 rows = [r[1:] for r in res.fetchall()]
             except duckdb.BinderException as exc:
-                raise InvalidWhereError(_first_line(exc)) from None
+                raise InvalidWhereError(duckdb_message(exc)) from None
         return QueryResult(columns=list(columns), rows=rows)
 
     def columns(self, table: str = "cell_meta") -> list[str]:
@@ -401,8 +521,12 @@ class Store(VectorMethods):
     def cell_paths(self, ids: npt.NDArray[np.int64] | Sequence[int]) -> list[Path]:
         """Return the absolute image path of each cell, in the order of ``ids``.
 
+        Each path is resolved inside its dataset's root: a catalog row with an
+        absolute path, ``..`` or a symlink leading out is refused.
+
         Raises:
             InvalidArgumentError: If an id is not a catalogued cell.
+            StoreCorruptError: If a cell's path leads outside its dataset's root.
         """
         from cytostore.errors import InvalidArgumentError
 
@@ -416,7 +540,10 @@ class Store(VectorMethods):
                 "'cytostore sql STORE \"SELECT cell_id FROM cells\"'"
             )
         roots = self.dataset_roots()
-        return [roots[d] / p for _, d, p in res.rows]
+        return [
+            resolve_inside(roots[d], p, what=f"image path of cell {i} ({d})")
+            for i, d, p in res.rows
+        ]
 
     def info(self) -> dict[str, Any]:
         """Summarise the store.
@@ -707,8 +834,3 @@ def _insert_cells(
         con.execute(f"INSERT INTO cells ({names}) SELECT {names} FROM _new_cells")
     finally:
         con.unregister("_new_cells")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cytostore.store.faults import fault_point
 from cytostore.store.vectors import EmbeddingSet, list_sets, read_vectors
 
 if TYPE_CHECKING:
@@ -85,20 +86,33 @@ def export(
 
 
 def _export_cells(store: Store, out_dir: Path) -> int:
+    """Write ``cell_meta`` as Parquet, streamed in record batches.
+
+    The catalog's connections cannot write files (see
+    :mod:`cytostore.store.sandbox`), so DuckDB hands Arrow batches to pyarrow,
+    which writes them.
+    """
+    import pyarrow.parquet as pq
+
     final = out_dir / "cells.parquet"
     tmp = final.with_name(final.name + ".tmp")
-    with store.connect(read_only=True) as con:
-        con.execute(
-            "COPY (SELECT * FROM cell_meta ORDER BY cell_id) TO "
-            f"'{_sql_str(tmp)}' (FORMAT PARQUET)"
-        )
-        n = int(con.execute("SELECT count(*) FROM cell_meta").fetchall()[0][0])
-    os.replace(tmp, final)
+    n = 0
+    try:
+        with store.connect(read_only=True) as con:
+            reader = con.sql(
+                "SELECT * FROM cell_meta ORDER BY cell_id"
+            ).to_arrow_reader(_ROW_GROUP_ROWS)
+            with pq.ParquetWriter(tmp, reader.schema) as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
+                    n += batch.num_rows
+        fault_point("export.before_rename")
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
     return n
-
-
-def _sql_str(path: Path) -> str:
-    return str(path).replace("'", "''")
 
 
 def _export_set(store: Store, es: EmbeddingSet, final: Path) -> Any:

@@ -28,7 +28,7 @@ __all__ = ["VectorMethods"]
 class VectorMethods:
     """Embedding sets, vectors, indexes and search of a store (mixed into ``Store``)."""
 
-    _searchers: _search.SearcherCache | None = None
+    _searchers: _search.SearcherCache
 
     def _store(self) -> Store:
         return cast("Store", self)
@@ -152,8 +152,6 @@ class VectorMethods:
             UnknownEmbeddingSetError, InvalidWhereError, EmptySelectionError,
             StoreCorruptError: See :class:`~cytostore.store.search.Searcher`.
         """
-        if self._searchers is None:
-            self._searchers = _search.SearcherCache()
         return self._searchers.get(self._store(), set_or_model, where)
 
     def search(
