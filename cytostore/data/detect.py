@@ -9,7 +9,10 @@ folders and ``__MACOSX`` are not walked.
 Zips: a ``.zip`` given as the path, or found in the tree and holding images, is
 extracted once to ``<sources_dir>/<zip name without .zip>/`` (atomically: into a
 temporary folder, then renamed), and that folder is searched; cell paths are relative
-to the dataset root inside it. Metadata files (``annotations.dat``, ``metadata.csv``,
+to the dataset root inside it. Extraction refuses absolute and ``..`` member names,
+archives over :data:`ZIP_MAX_BYTES` or the free disk space, archives expanding more
+than :data:`ZIP_MAX_RATIO`-fold, and members yielding more bytes than they declare.
+Metadata files (``annotations.dat``, ``metadata.csv``,
 ...) are read directly from small zips without extracting.
 """
 
@@ -19,6 +22,7 @@ import logging
 import os
 import shutil
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -27,8 +31,18 @@ from types import ModuleType
 from cytostore.data import bm, folder, lmu, mll_helmholtz
 from cytostore.data.images import is_hidden, is_image_name
 from cytostore.errors import InvalidArgumentError, LayoutNotFoundError
+from cytostore.store.faults import fault_point
 
-__all__ = ["READERS", "LAYOUTS", "Found", "scan", "detect", "metadata_dirs"]
+__all__ = [
+    "READERS",
+    "LAYOUTS",
+    "ZIP_MAX_BYTES",
+    "ZIP_MAX_RATIO",
+    "Found",
+    "scan",
+    "detect",
+    "metadata_dirs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +54,12 @@ READERS: dict[str, ModuleType] = {
     "folder": folder,
 }
 LAYOUTS = ("auto", *READERS)
+#: Most bytes a zip may extract to (the largest TCIA download, LMU, is ~12 GB).
+ZIP_MAX_BYTES = 64 * 2**30
+#: Most a zip may expand (extracted / compressed bytes) once over
+#: :data:`ZIP_RATIO_MIN_BYTES`: cell images barely compress; bombs expand 1000-fold.
+ZIP_MAX_RATIO = 100
+ZIP_RATIO_MIN_BYTES = 16 * 2**20
 _SKIP_DIRS = frozenset({"__macosx", "$recycle.bin", "system volume information"})
 
 Tree = dict[Path, list[str]]
@@ -76,7 +96,11 @@ def scan(root: Path, exclude: Sequence[Path] = ()) -> Tree:
     seen: set[tuple[int, int]] = set()
     tree: Tree = {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        st = os.stat(dirpath)
+        try:
+            st = os.stat(dirpath)
+        except OSError:  # vanished or unreadable while walking
+            dirnames[:] = []
+            continue
         key = (st.st_dev, st.st_ino)
         if key in seen or os.path.realpath(dirpath) in skip:
             dirnames[:] = []
@@ -137,6 +161,9 @@ def metadata_dirs(anchor: Path, context: Sequence[Path]) -> tuple[Path, ...]:
 
 
 def _zip_has_images(path: Path) -> bool:
+    if not path.is_file():  # a FIFO or device named x.zip: never opened
+        logger.warning("%s is not a regular file: not opened", path)
+        return False
     try:
         with zipfile.ZipFile(path) as zf:
             return any(
@@ -160,26 +187,96 @@ def _extract(path: Path, sources_dir: Path) -> Path:
     tmp.mkdir(parents=True)
     try:
         with zipfile.ZipFile(path) as zf:
-            base = tmp.resolve()
-            for member in zf.namelist():
-                dest = (tmp / member).resolve()
-                if base != dest and base not in dest.parents:
-                    raise InvalidArgumentError(
-                        f"{path} holds the unsafe member {member!r} (outside the "
-                        "archive folder): extract it yourself and ingest the folder"
-                    )
-            zf.extractall(tmp)
-    except zipfile.BadZipFile as exc:
+            members = _checked_members(path, zf, sources_dir)
+            for info in members:
+                _extract_member(path, zf, info, tmp)
+    except (zipfile.BadZipFile, EOFError, zlib.error, RuntimeError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise InvalidArgumentError(
             f"{path} is not a valid zip ({exc}): re-download it or extract it yourself"
         ) from None
+    except InvalidArgumentError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InvalidArgumentError(
+            f"cannot extract {path} ({exc}): extract it yourself and ingest the folder"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    fault_point("ingest.after_extract")
     os.replace(tmp, target)
     logger.info("extracted %s to %s", path, target)
     return target
+
+
+def _unsafe_member(name: str) -> bool:
+    """True for a member name that is absolute, has a drive, or climbs with ``..``."""
+    posix = name.replace("\\", "/")
+    return (
+        posix.startswith("/")
+        or (len(posix) > 1 and posix[1] == ":")
+        or ".." in posix.split("/")
+        or "\0" in posix
+    )
+
+
+def _checked_members(
+    path: Path, zf: zipfile.ZipFile, sources_dir: Path
+) -> list[zipfile.ZipInfo]:
+    """Return the members to extract, refusing unsafe names and bombs up front."""
+    members = zf.infolist()
+    for info in members:
+        if _unsafe_member(info.filename):
+            raise InvalidArgumentError(
+                f"{path} holds the unsafe member {info.filename!r} (an absolute or "
+                "'..' path, outside the archive folder): refused; extract it "
+                "yourself and ingest the folder"
+            )
+    total = sum(i.file_size for i in members)
+    packed = sum(i.compress_size for i in members)
+    if total > ZIP_MAX_BYTES:
+        raise InvalidArgumentError(
+            f"{path} would extract to {total / 2**30:.1f} GiB, above the "
+            f"{ZIP_MAX_BYTES / 2**30:.0f} GiB limit: extract it yourself and ingest "
+            "the folder"
+        )
+    if total > ZIP_RATIO_MIN_BYTES and total > ZIP_MAX_RATIO * max(packed, 1):
+        raise InvalidArgumentError(
+            f"{path} would expand {total / max(packed, 1):.0f}-fold (limit "
+            f"{ZIP_MAX_RATIO}:1; images barely compress): refused as a possible zip "
+            "bomb; extract it yourself if you trust it"
+        )
+    free = shutil.disk_usage(sources_dir).free
+    if total > free:
+        raise InvalidArgumentError(
+            f"{path} needs {total / 2**30:.1f} GiB to extract but {sources_dir} has "
+            f"{free / 2**30:.1f} GiB free: free some space or extract it elsewhere"
+        )
+    return members
+
+
+def _extract_member(
+    path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, tmp: Path
+) -> None:
+    """Extract one member, stopping if it yields more bytes than it declares."""
+    dest = tmp / info.filename
+    if info.is_dir():
+        dest.mkdir(parents=True, exist_ok=True)
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with zf.open(info) as src, open(dest, "wb") as out:
+        while chunk := src.read(1 << 20):
+            written += len(chunk)
+            if written > info.file_size:
+                raise InvalidArgumentError(
+                    f"{path}: member {info.filename!r} holds more bytes than its "
+                    "header declares: refused as corrupt or hostile; re-download it"
+                )
+            out.write(chunk)
 
 
 def _unwrap(root: Path) -> Path:

@@ -12,6 +12,12 @@ Every decodable image becomes a uint8 ``(H, W, 3)`` array:
 
 Images are fully decoded (``Image.load``), so truncated or corrupt files raise
 :class:`~cytostore.errors.ImageDecodeError` rather than giving half-grey pixels.
+
+Only regular files are opened (a FIFO, socket or device is refused after a ``stat``,
+before any ``open``), and an image whose header declares more than
+:data:`MAX_PIXELS` pixels is refused from its header, without decoding: one cell
+crop is far below a megapixel, so such a file is a slide, a scan or a
+decompression bomb.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import io
 import logging
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +36,12 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFile, TiffImagePlugin, UnidentifiedImageError
 
+from cytostore.data.screen import file_kind
 from cytostore.errors import ImageDecodeError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_PIXELS",
     "load_rgb",
     "load_rgb_image",
     "to_rgb",
@@ -48,6 +57,9 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2"}
 )
+#: Most pixels (width x height) an image may declare: larger ones are refused from
+#: their header, never decoded (4096 x 4096 = 16.8 MP; a cell crop is < 1 MP).
+MAX_PIXELS = 4096 * 4096
 _SMALL_FILE_BYTES = 256 * 1024
 #: Files up to this size are read into memory once (hash + decode the same bytes).
 _READ_WHOLE_BYTES = 64 * 1024 * 1024
@@ -59,6 +71,7 @@ _DECODE_ERRORS = (
     EOFError,
     IndexError,
     Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
 )
 
 
@@ -131,11 +144,20 @@ def to_rgb(img: Image.Image) -> npt.NDArray[np.uint8]:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
+def _check_pixels(width: int, height: int, name: str) -> None:
+    if width * height > MAX_PIXELS:
+        raise ImageDecodeError(
+            f"{name} declares {width} x {height} px ({width * height / 1e6:.1f} MP), "
+            f"above the {MAX_PIXELS / 1e6:.1f} MP limit for one cell image: not "
+            "decoded; crop the single cells out of it first"
+        )
+
+
 def _open_loaded(source: str | Path | io.BytesIO, name: str) -> Image.Image:
+    """Open, check the declared size, then fully decode (or raise ImageDecodeError)."""
     _ensure_strict_loading()
     try:
         img = Image.open(source)
-        img.load()
     except UnidentifiedImageError:
         raise ImageDecodeError(
             f"{name} is not an image Pillow can read: remove it, or convert it to "
@@ -145,25 +167,70 @@ def _open_loaded(source: str | Path | io.BytesIO, name: str) -> Image.Image:
         raise ImageDecodeError(
             f"{name} is truncated or corrupt ({exc}): re-download or re-export it"
         ) from None
+    try:
+        _check_pixels(int(img.width), int(img.height), name)
+        img.load()
+    except ImageDecodeError:
+        img.close()
+        raise
+    except _DECODE_ERRORS as exc:
+        img.close()
+        raise ImageDecodeError(
+            f"{name} is truncated or corrupt ({exc}): re-download or re-export it"
+        ) from None
     return img
 
 
-def _read_tiff_bytes(p: Path) -> bytes | None:
-    """Check ``p`` exists and is not empty; return its bytes if it is a TIFF."""
+def _open_regular(p: Path) -> io.BufferedReader:
+    """Open ``p`` for reading only if it is a regular file (checked before opening).
+
+    A FIFO, socket or device is refused from its ``stat`` and never opened (opening
+    a FIFO blocks until a writer comes). ``O_NONBLOCK`` and a second check on the
+    open descriptor cover a file swapped in between.
+
+    Raises:
+        ImageDecodeError: If ``p`` is missing, not a regular file or unreadable.
+    """
     try:
-        with p.open("rb") as fh:
+        st = os.stat(p)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageDecodeError(
+                f"{p.name} is {file_kind(st.st_mode)}, not a regular file: never "
+                "opened; only regular image files are read"
+            )
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+        fd = os.open(p, flags | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ImageDecodeError(
+            f"{p} does not exist: check the path, or re-ingest if the files moved"
+        ) from None
+    except ImageDecodeError:
+        raise
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read {p} ({exc.strerror or exc})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ImageDecodeError(
+            f"{p.name} is {file_kind(mode)}, not a regular file: never read"
+        )
+    return os.fdopen(fd, "rb")
+
+
+def _read_tiff_bytes(p: Path) -> bytes | None:
+    """Check ``p`` is a non-empty regular file; return its bytes if it is a TIFF."""
+    with _open_regular(p) as fh:
+        try:
             size = os.fstat(fh.fileno()).st_size
             if size == 0:
                 raise ImageDecodeError(f"{p} is an empty file (0 bytes): re-export it")
             head = fh.read(4)
             tiff = head[:2] in (b"II", b"MM") and size <= _READ_WHOLE_BYTES
             return head + fh.read() if tiff else None
-    except FileNotFoundError:
-        raise ImageDecodeError(
-            f"{p} does not exist: check the path, or re-ingest if the files moved"
-        ) from None
-    except OSError as exc:
-        raise ImageDecodeError(f"cannot read {p} ({exc.strerror or exc})") from None
+        except ImageDecodeError:
+            raise
+        except OSError as exc:
+            raise ImageDecodeError(f"cannot read {p} ({exc.strerror or exc})") from None
 
 
 def load_rgb(path: str | Path) -> npt.NDArray[np.uint8]:
@@ -218,8 +285,10 @@ def image_size(path: str | Path) -> tuple[int, int]:
         ImageDecodeError: If the file is not an image.
     """
     try:
-        with Image.open(path) as img:
+        with _open_regular(Path(path)) as fh, Image.open(fh) as img:
             return int(img.width), int(img.height)
+    except ImageDecodeError:
+        raise
     except (UnidentifiedImageError, *_DECODE_ERRORS) as exc:
         raise ImageDecodeError(f"{path} is not a readable image ({exc})") from None
 
@@ -334,9 +403,8 @@ def _raw_tiff(data: bytes) -> _RawTiff | None:
     prefix = data[:2]
     if (prefix, kind[0], (1,), 1, bps, extra) not in TiffImagePlugin.OPEN_INFO:
         return None
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and width * height > limit:
-        return None  # Pillow warns or refuses: let it
+    if width * height > min(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_PIXELS):
+        return None  # refused from the header on the Pillow path, with the reason
     rows = one(278, 2**32 - 1) or 0
     offsets = tags.get(273)
     if rows <= 0 or offsets is None:
@@ -442,8 +510,8 @@ def probe_image(path: str | Path) -> tuple[int, int, str]:
     """
     p = Path(path)
     source: Path | io.BytesIO = p
-    try:
-        with p.open("rb") as fh:
+    with _open_regular(p) as fh:
+        try:
             size = os.fstat(fh.fileno()).st_size
             if size == 0:
                 raise ImageDecodeError("empty file (0 bytes)")
@@ -459,10 +527,26 @@ def probe_image(path: str | Path) -> tuple[int, int, str]:
                 # Larger files: Pillow opens the path, which it memory-maps for
                 # uncompressed images (decoding those from bytes copies line by line).
             else:
-                # Huge files: hash through a read-only memory map (no copy).
+                # Huge files: refuse an oversized header before reading it all, then
+                # hash through a read-only memory map (no copy).
+                _check_header(fh, p.name)
                 with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                     digest = hashlib.sha256(mm).hexdigest()
-    except OSError as exc:
-        raise ImageDecodeError(f"cannot read {p} ({exc.strerror or exc})") from None
+        except ImageDecodeError:
+            raise
+        except OSError as exc:
+            raise ImageDecodeError(f"cannot read {p} ({exc.strerror or exc})") from None
     with _open_loaded(source, p.name) as img:
         return int(img.width), int(img.height), digest
+
+
+def _check_header(fh: io.BufferedReader, name: str) -> None:
+    """Refuse a file whose image header declares over :data:`MAX_PIXELS` pixels."""
+    try:
+        with Image.open(fh) as img:
+            width, height = int(img.width), int(img.height)
+    except (UnidentifiedImageError, *_DECODE_ERRORS):
+        return  # not an image, or corrupt: decoding below says which
+    finally:
+        fh.seek(0)
+    _check_pixels(width, height, name)

@@ -8,7 +8,19 @@ transaction each, in a fixed order (datasets in detection order, files sorted by
 path): an ingest killed part-way and run again finishes the job with no duplicates
 and the same ids an uninterrupted run gives.
 Unreadable inputs (hidden files, empty, truncated or non-image files) become rows of
-``skipped`` with the reason; the ingest goes on.
+``skipped`` with the reason; the ingest goes on. Files are screened before anything
+opens them (:mod:`cytostore.data.screen`): names that are not valid UTF-8, FIFOs,
+sockets, devices, broken symlinks and symlinks leading out of the dataset root are
+skipped unopened, and images declaring more than
+:data:`~cytostore.data.images.MAX_PIXELS` pixels are skipped from their header.
+
+A failed ingest (missing path, nothing found, a bad option) leaves no new store
+behind: a store folder this call created is removed again if the call fails before
+its first cell is committed. Crash points for the kill tests:
+``ingest.after_prepare`` (datasets, patients and clutter committed, no cell yet),
+``ingest.after_commit`` (after each committed chunk of cells), and
+``ingest.before_final_commit``; ``ingest.after_extract`` (a zip extracted, not yet
+renamed into place) is in :mod:`cytostore.data.detect`.
 """
 
 from __future__ import annotations
@@ -17,18 +29,21 @@ import itertools
 import logging
 import multiprocessing
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cytostore.data.detect import READERS, detect
-from cytostore.data.images import probe_image
+from cytostore.data.detect import READERS, Found, detect
+from cytostore.data.images import is_hidden, is_image_name, probe_image
 from cytostore.data.listing import CellRecord, DatasetListing, ReadOptions
+from cytostore.data.screen import NOT_UTF8, is_utf8, printable_path, screen_files
 from cytostore.errors import ImageDecodeError, InvalidArgumentError
-from cytostore.store import Store
+from cytostore.store import CATALOG_FILE, Store
+from cytostore.store.faults import fault_point
 
 __all__ = ["ingest", "IngestReport", "DatasetReport", "COMMIT_EVERY", "COMMIT_MIN_S"]
 
@@ -114,11 +129,26 @@ _Probed = tuple[int, int, str | None, str | None]
 
 
 def _probe(path: str) -> _Probed:
-    """Worker: ``(width, height, sha256, None)`` or ``(0, 0, None, reason)``."""
+    """Worker: ``(width, height, sha256, None)`` or ``(0, 0, None, reason)``.
+
+    One file never stops the ingest: besides the decoding errors Pillow is known to
+    raise, anything a decoder plugin raises on a hostile file is recorded too.
+    """
     try:
         w, h, digest = probe_image(path)
     except ImageDecodeError as exc:
         return 0, 0, None, str(exc)
+    except Exception as exc:  # a decoder's bug on one odd file is data, not a crash
+        logger.warning("unexpected error decoding %s", path, exc_info=True)
+        return (
+            0,
+            0,
+            None,
+            (
+                f"could not be decoded ({type(exc).__name__}: {exc}): re-export it as "
+                "PNG/JPEG/TIFF"
+            ),
+        )
     return w, h, digest, None
 
 
@@ -157,6 +187,55 @@ class _Prober:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def _split_names(found: Found) -> tuple[Found, list[tuple[str, str]]]:
+    """Take files whose path is not valid UTF-8 out of ``found``, before any reader.
+
+    Returns:
+        ``found`` without them, and ``(printable path, reason)`` of those named like
+        images or clutter (other files are ignored as any non-image is).
+    """
+    if all(is_utf8(f) for f in found.files):
+        return found, []
+    good: list[str] = []
+    rejected: list[tuple[str, str]] = []
+    for f in found.files:
+        if is_utf8(f):
+            good.append(f)
+            continue
+        name = f.rpartition("/")[2]
+        if is_image_name(name) or is_hidden(name):
+            rejected.append((printable_path(f), NOT_UTF8))
+    return replace(found, files=tuple(good)), rejected
+
+
+def _read_listings(
+    found: Sequence[Found], options: ReadOptions, warnings: list[str]
+) -> list[DatasetListing]:
+    """Run each dataset's reader; drop datasets whose root or name is not UTF-8."""
+    listings: list[DatasetListing] = []
+    for f in found:
+        clean, rejected = _split_names(f)
+        listing = READERS[f.layout].read(
+            clean.anchor, clean.files, f.meta_dirs, options
+        )
+        listing.rejected.extend(rejected)
+        root = str(listing.root.resolve())
+        if not (is_utf8(root) and is_utf8(listing.dataset)):
+            warnings.append(
+                f"{printable_path(listing.dataset)}: the dataset folder "
+                f"{printable_path(root)} is not valid UTF-8 and cannot be recorded: "
+                "not ingested; rename it to UTF-8 and ingest again"
+            )
+            continue
+        listings.append(listing)
+    if found and not listings:
+        raise InvalidArgumentError(
+            "every dataset found sits in a folder whose name is not valid UTF-8: "
+            "rename it (e.g. convmv -f latin1 -t utf8) and ingest again"
+        )
+    return listings
 
 
 def _options(
@@ -249,10 +328,12 @@ def _prepare(
     store.upsert_patients(listing.dataset, listing.patients)
     store.add_skipped(
         [(listing.dataset, p, "hidden or system file") for p in listing.hidden]
+        + [(listing.dataset, p, reason) for p, reason in listing.rejected]
     )
     existing = store.existing_paths(listing.dataset)
-    report.skipped += len(listing.hidden)
-    tick(len(listing.hidden))
+    n_refused = len(listing.hidden) + len(listing.rejected)
+    report.skipped += n_refused
+    tick(n_refused)
     todo = [c for c in listing.cells if c.path not in existing]
     report.existing = len(listing.cells) - len(todo)
     tick(report.existing)
@@ -277,13 +358,23 @@ def _ingest_all(
             _prepare(store, li, rep, tick)
             for li, rep in zip(listings, reports, strict=True)
         ]
-    jobs = [(i, cell) for i, todo in enumerate(todos) for cell in todo]
-    roots = [str(li.root) for li in listings]
-    paths = [os.path.join(roots[i], cell.path) for i, cell in jobs]
+    fault_point("ingest.after_prepare")
     cells: list[dict[str, Any]] = []
     bad: list[tuple[str, str, str]] = []
     added = [0] * len(listings)
     skipped = [0] * len(listings)
+    # Nothing is opened before its stat says it is a regular file inside the root.
+    jobs: list[tuple[int, CellRecord]] = []
+    for i, todo in enumerate(todos):
+        reasons = screen_files(listings[i].root, [c.path for c in todo])
+        for cell, reason in zip(todo, reasons, strict=True):
+            if reason is None:
+                jobs.append((i, cell))
+            else:
+                bad.append((listings[i].dataset, cell.path, reason))
+                skipped[i] += 1
+    roots = [str(li.root) for li in listings]
+    paths = [os.path.join(roots[i], cell.path) for i, cell in jobs]
     last = time.monotonic()
 
     def flush() -> None:
@@ -291,6 +382,7 @@ def _ingest_all(
         with store.transaction():
             store.add_cells(cells)
             store.add_skipped(bad)
+        fault_point("ingest.after_commit")
         for i, rep in enumerate(reports):
             rep.added += added[i]
             rep.skipped += skipped[i]
@@ -313,6 +405,7 @@ def _ingest_all(
             and time.monotonic() - last >= COMMIT_MIN_S
         ):
             flush()
+    fault_point("ingest.before_final_commit")
     flush()
 
 
@@ -342,6 +435,28 @@ def _count_warnings(
             "HAVING count(*) > 1"
         )
     return out
+
+
+def _new_store_parts(store: Store | str | os.PathLike[str]) -> list[Path]:
+    """What creating the store would add: its folder if new, else catalog files."""
+    if isinstance(store, Store):
+        return []
+    root = Path(store)
+    if not root.exists():
+        return [root]
+    if (root / CATALOG_FILE).exists():
+        return []
+    parts = [CATALOG_FILE, f"{CATALOG_FILE}.wal", "sources"]
+    return [root / p for p in parts if not (root / p).exists()]
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    """Remove what a failed first ingest created (``_new_store_parts``)."""
+    for p in paths:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def ingest(
@@ -377,6 +492,9 @@ def ingest(
     Returns:
         Per-dataset counts (found, added, existing, skipped, expected) and warnings.
 
+    A store folder this call creates is removed again if the call fails before
+    any cell is committed, so a failed first ingest leaves no store behind.
+
     Raises:
         InvalidArgumentError: If ``path`` does not exist, is empty, or an option is
             invalid for the layout.
@@ -396,24 +514,27 @@ def ingest(
         [('my_lab', 'folder', 2)]
     """
     start = time.perf_counter()
-    st = store if isinstance(store, Store) else Store.create(store)
     if workers is not None and workers < 1:
         raise InvalidArgumentError(f"--workers must be at least 1, got {workers}")
     layout, options = _options(
         layout, pattern, patients, bag_column, dataset_name, um_per_px
     )
-    found, warnings = detect(
-        path, layout, sources_dir=st.root / "sources", exclude=[st.root]
-    )
-    listings = [
-        READERS[f.layout].read(f.anchor, f.files, f.meta_dirs, options) for f in found
-    ]
-    report = IngestReport(store=str(st.root), warnings=list(warnings))
-    with st.connect(read_only=True):
-        for listing in listings:
-            _check_dataset(st, listing, report.warnings)
-            report.warnings.extend(listing.warnings)
-    total = sum(len(li.cells) + len(li.hidden) for li in listings)
+    created = _new_store_parts(store)
+    try:
+        st = store if isinstance(store, Store) else Store.create(store)
+        found, warnings = detect(
+            path, layout, sources_dir=st.root / "sources", exclude=[st.root]
+        )
+        report = IngestReport(store=str(st.root), warnings=list(warnings))
+        listings = _read_listings(found, options, report.warnings)
+        with st.connect(read_only=True):
+            for listing in listings:
+                _check_dataset(st, listing, report.warnings)
+                report.warnings.extend(listing.warnings)
+    except BaseException:
+        _remove(created)
+        raise
+    total = sum(len(li.cells) + len(li.hidden) + len(li.rejected) for li in listings)
     done = 0
 
     def tick(n: int) -> None:
@@ -427,7 +548,7 @@ def ingest(
             dataset=li.dataset,
             layout=li.layout,
             root=str(li.root.resolve()),
-            found=len(li.cells) + len(li.hidden),
+            found=len(li.cells) + len(li.hidden) + len(li.rejected),
             expected=li.n_expected,
             um_per_px=li.um_per_px,
         )

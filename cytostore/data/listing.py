@@ -34,6 +34,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Largest metadata file (``annotations.dat``, ``metadata.csv``, ...) read, in bytes.
+MAX_METADATA_BYTES = 64 * 1024 * 1024
+
 
 @dataclass
 class CellRecord:
@@ -91,6 +94,8 @@ class DatasetListing:
         patients: Patient rows (``patient_id``, ``bag_label``, ``age``, ``sex``, ...).
         hidden: Relative paths of OS clutter files (recorded as skipped).
         warnings: Things the user should know (missing metadata, mismatches).
+        rejected: ``(printable path, reason)`` of files refused before any reader
+            saw them (names that are not valid UTF-8; recorded as skipped).
     """
 
     dataset: str
@@ -103,6 +108,7 @@ class DatasetListing:
     patients: list[dict[str, Any]] = field(default_factory=list)
     hidden: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
 def posix_parts(rel: str) -> list[str]:
@@ -161,11 +167,16 @@ def find_metadata(
                 continue
             for entry in entries:
                 if entry.name.lower() == name and entry.is_file():
+                    if entry.stat().st_size > MAX_METADATA_BYTES:
+                        logger.warning("%s is too large for a metadata file", entry)
+                        continue
                     return str(entry), entry.read_bytes()
     for name in wanted:
         for d in meta_dirs:
             try:
-                zips = sorted(p for p in d.iterdir() if p.suffix.lower() == ".zip")
+                zips = sorted(
+                    p for p in d.iterdir() if p.suffix.lower() == ".zip" and p.is_file()
+                )
             except OSError:
                 continue
             for z in zips:
@@ -181,7 +192,11 @@ def _from_zip(path: Path, name: str) -> tuple[str, bytes] | None:
             for member in zf.namelist():
                 base = PurePosixPath(member).name
                 if base.lower() == name and not is_hidden(base):
-                    return f"{path}!{member}", zf.read(member)
-    except (OSError, zipfile.BadZipFile) as exc:
+                    if zf.getinfo(member).file_size > MAX_METADATA_BYTES:
+                        logger.warning("%s!%s is too large for metadata", path, member)
+                        continue
+                    with zf.open(member) as fh:
+                        return f"{path}!{member}", fh.read(MAX_METADATA_BYTES + 1)
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
         logger.warning("cannot read %s: %s", path, exc)
     return None
