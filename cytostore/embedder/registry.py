@@ -22,6 +22,7 @@ from torch import nn
 
 from cytostore.embedder.backbones import build_backbone
 from cytostore.embedder.card import (
+    CARD_FILE,
     WEIGHTS_FILE,
     ModelCard,
     package_versions,
@@ -29,7 +30,7 @@ from cytostore.embedder.card import (
 )
 from cytostore.embedder.preprocess import Preprocessing
 from cytostore.errors import InvalidArgumentError, UnknownModelError
-from cytostore.store import Store, delete_model_row, write_model_row
+from cytostore.store import Store, delete_model_row, record_file, write_model_row
 
 __all__ = [
     "MODELS_DIR",
@@ -141,6 +142,8 @@ def register_model(
         card=doc,
         created_at=created.replace(tzinfo=None),
     )
+    for file, kind in ((WEIGHTS_FILE, "weights"), (CARD_FILE, "card")):
+        record_file(store, f"{MODELS_DIR}/{name}/{file}", kind, name)
     logger.info(
         "registered model %s (%s, %s, dim %d)",
         name,
