@@ -158,6 +158,12 @@ def _open_loaded(source: str | Path | io.BytesIO, name: str) -> Image.Image:
     _ensure_strict_loading()
     try:
         img = Image.open(source)
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(
+            f"{name} declares too many pixels ({exc}), above the "
+            f"{MAX_PIXELS / 1e6:.1f} MP limit for one cell image: not decoded; crop "
+            "the single cells out of it first"
+        ) from None
     except UnidentifiedImageError:
         raise ImageDecodeError(
             f"{name} is not an image Pillow can read: remove it, or convert it to "
