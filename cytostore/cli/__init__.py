@@ -23,6 +23,7 @@ from cytostore.cli.probe import probe
 from cytostore.cli.search import search
 from cytostore.cli.sql import sql
 from cytostore.cli.synth import synth
+from cytostore.cli.tag import tag
 
 __all__ = ["main"]
 
@@ -69,5 +70,6 @@ for _command in (
     search,
     sql,
     synth,
+    tag,
 ):
     main.add_command(_command)

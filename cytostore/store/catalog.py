@@ -601,14 +601,28 @@ class Store(VectorMethods):
         ]
         extra = [c for c in patient_cols if c not in ("dataset", "patient_id")]
         select_p = "".join(f', p."{c}"' for c in extra)
+        has_tags = bool(
+            con.execute(
+                "SELECT count(*) FROM information_schema.tables "
+                "WHERE table_name = 'tags'"
+            ).fetchall()[0][0]
+        )
+        tags_col = ", coalesce(t.tags, []::VARCHAR[]) AS tags" if has_tags else ""
+        tags_join = (
+            "LEFT JOIN (SELECT cell_id, list(tag ORDER BY tag) AS tags FROM tags "
+            "GROUP BY cell_id) t ON t.cell_id = c.cell_id"
+            if has_tags
+            else ""
+        )
         con.execute(
             f"""
             CREATE OR REPLACE VIEW cell_meta AS
-            SELECT c.*{select_p}, d.layout
+            SELECT c.*{select_p}, d.layout{tags_col}
             FROM cells c
             LEFT JOIN patients p
               ON p.dataset = c.dataset AND p.patient_id = c.patient_id
             LEFT JOIN datasets d ON d.dataset = c.dataset
+            {tags_join}
             """
         )
 
@@ -721,7 +735,7 @@ class Store(VectorMethods):
             return
         import pyarrow as pa
 
-        cell_cols = set(CELL_COLUMNS) | {"cell_id", "layout"}
+        cell_cols = set(CELL_COLUMNS) | {"cell_id", "layout", "tags"}
         renamed: list[dict[str, Any]] = []
         for r in rows:
             out: dict[str, Any] = {}
@@ -773,6 +787,65 @@ class Store(VectorMethods):
             finally:
                 con.unregister("_incoming_patients")
             self._refresh_views(con)
+
+    def add_tags(
+        self,
+        where: str | None,
+        tags: Sequence[str],
+        *,
+        ids: Sequence[int] | None = None,
+    ) -> int:
+        """Tag the cells ``where`` selects; see :func:`cytostore.store.tags.add_tags`.
+
+        Returns:
+            The number of (cell, tag) pairs added.
+
+        Examples:
+            >>> import tempfile
+            >>> store = Store.create(tempfile.mkdtemp() + "/s")
+            >>> store.add_cells([{"dataset": "d", "path": "a.png", "label": "BLA"}])
+            array([1])
+            >>> store.add_tags("label = 'BLA'", ["review"])
+            1
+            >>> store.sql("SELECT cell_id, tags FROM cell_meta").rows
+            [(1, ['review'])]
+        """
+        from cytostore.store.tags import add_tags
+
+        return add_tags(self, where, tags, ids=ids)
+
+    def tag(
+        self,
+        where: str | None,
+        add: Sequence[str] = (),
+        remove: Sequence[str] = (),
+        *,
+        ids: Sequence[int] | None = None,
+    ) -> dict[str, int]:
+        """Add and remove tags in one go; see :func:`cytostore.store.tags.tag`.
+
+        Returns:
+            ``{"cells", "added", "removed"}`` counts.
+        """
+        from cytostore.store.tags import tag
+
+        return tag(self, where, add, remove, ids=ids)
+
+    def remove_tags(
+        self,
+        where: str | None,
+        tags: Sequence[str],
+        *,
+        ids: Sequence[int] | None = None,
+    ) -> int:
+        """Untag cells; see :func:`cytostore.store.tags.remove_tags`.
+
+        Returns:
+            The number of (cell, tag) pairs removed.
+        """
+        from cytostore.store.tags import remove_tags
+
+        return remove_tags(self, where, tags, ids=ids)
 
     def refresh_views(self) -> None:
         """Recreate ``cell_meta`` after a schema change of ``cells`` or ``patients``."""

@@ -152,12 +152,22 @@ CREATE TABLE files (
 );
 """
 
+_M033_TAGS = """
+CREATE TABLE tags (
+    cell_id     BIGINT NOT NULL,
+    tag         VARCHAR NOT NULL,
+    created_at  TIMESTAMP,
+    PRIMARY KEY (cell_id, tag)
+);
+"""
+
 MIGRATIONS: list[Migration] = [
     (1, "m001_catalog", _M001_CATALOG),
     (2, "m002_models_heads_predictions", _M002_LATER_FLOORS),
     (20, "m020_embedding_sets", _M020_EMBEDDING_SETS),
     (21, "m021_embedding_set_weights", _M021_SET_WEIGHTS),
     (30, "m030_heads_patient_prediction_columns", _M030_PATIENT_PREDICTIONS),
-    (32, "m032_files_checksums", _M032_FILES),
     (31, "m031_head_weights", _M031_HEAD_WEIGHTS),
+    (32, "m032_files_checksums", _M032_FILES),
+    (33, "m033_tags", _M033_TAGS),
 ]
