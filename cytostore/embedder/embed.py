@@ -23,6 +23,7 @@ from cytostore.embedder.device import tune_allocator
 from cytostore.embedder.encoder import Encoder
 from cytostore.errors import DimensionMismatchError, UnknownEmbeddingSetError
 from cytostore.store import Store
+from cytostore.store.faults import fault_point
 from cytostore.store.index import check_factory
 from cytostore.store.merge import parse_shard
 from cytostore.store.vectors import DTYPES
@@ -140,6 +141,7 @@ def embed(
         embedded += _commit(writer, pending)
         if progress is not None:
             progress(embedded, int(todo.size))
+    fault_point("embed.before_index")  # every vector committed, index not updated
     es = store.build_index(es.set_id)
     return {
         "model": model,
@@ -163,6 +165,7 @@ def _commit(writer: Any, pending: list[tuple[np.ndarray, np.ndarray]]) -> int:
     if not pending:
         return 0
     ids = np.concatenate([c for c, _ in pending])
+    fault_point("embed.before_append")  # batches embedded, nothing written yet
     writer.append(ids, np.concatenate([v for _, v in pending]))
     pending.clear()
     return int(ids.size)

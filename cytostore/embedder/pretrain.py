@@ -40,6 +40,7 @@ from cytostore.embedder.sampling import BALANCES
 from cytostore.embedder.train import TrainConfig, train_ssl, unwrap_backbone
 from cytostore.errors import EmptySelectionError, InvalidArgumentError
 from cytostore.store import Store
+from cytostore.store.faults import fault_point
 
 __all__ = [
     "pretrain",
@@ -273,6 +274,7 @@ def pretrain(
     write_curves(
         result.epochs, folder / CURVES_FILE, title=f"{name}: {method}/{backbone}"
     )
+    fault_point("pretrain.before_register")  # trained and checkpointed only
     data = dict(sorted(Counter(datasets[train_mask].tolist()).items()))
     knn_hist = [e["knn"] for e in result.epochs]
     card = register_model(

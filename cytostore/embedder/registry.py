@@ -31,6 +31,7 @@ from cytostore.embedder.card import (
 from cytostore.embedder.preprocess import Preprocessing
 from cytostore.errors import InvalidArgumentError, UnknownModelError
 from cytostore.store import Store, delete_model_row, record_file, write_model_row
+from cytostore.store.faults import fault_point
 
 __all__ = [
     "MODELS_DIR",
@@ -121,6 +122,7 @@ def register_model(
     state = {k: v.detach().cpu() for k, v in backbone_module.state_dict().items()}
     torch.save(state, tmp)
     os.replace(tmp, weights)
+    fault_point("register.after_weights")  # new weights beside the old card
     created = _dt.datetime.now(_dt.UTC).replace(microsecond=0)
     fields.update(
         name=name,
@@ -131,6 +133,7 @@ def register_model(
     )
     card = ModelCard.from_dict(fields)
     doc = card.write(folder).read_text()
+    fault_point("register.after_card")  # files written, no catalog row yet
     write_model_row(
         store,
         name=name,

@@ -38,6 +38,7 @@ from cytostore.embedder.methods import SSLMethod
 from cytostore.embedder.monitor import TrainingHistory
 from cytostore.embedder.sampling import BatchSampler, CachedRows
 from cytostore.errors import ConfigMismatchError, TrainingDivergedError
+from cytostore.store.faults import fault_point
 
 __all__ = [
     "TrainConfig",
@@ -315,8 +316,10 @@ class _EpochCheckpoint(pl.Callback):
     ) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
         trainer.save_checkpoint(tmp, weights_only=False)
+        fault_point("pretrain.before_checkpoint_replace")  # new epoch in .tmp only
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
+        fault_point("pretrain.after_checkpoint")
 
 
 class _Progress(pl.Callback):

@@ -23,6 +23,7 @@ import numpy as np
 
 from cytostore.errors import InvalidArgumentError, StoreCorruptError
 from cytostore.store.checksums import record_file, sha256_file
+from cytostore.store.faults import fault_point
 from cytostore.store.vectors import EmbeddingSet, get_set, ids_path, vector_path
 
 if TYPE_CHECKING:
@@ -236,7 +237,9 @@ def build_index(
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     digest = (tmp.stat().st_size, sha256_file(tmp))
+    fault_point("index.before_replace")  # new index in its temp file only
     os.replace(tmp, path)
+    fault_point("index.before_catalog")  # new index in place, catalog not updated
     with store.transaction() as con:
         record_file(store, f"indexes/{path.name}", "index", es.set_id, digest=digest)
         con.execute(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cytostore.errors import ConfigMismatchError, UnknownEmbeddingSetError
+from cytostore.store.faults import fault_point
 from cytostore.store.index import build_index, index_path
 from cytostore.store.vectors import (
     EmbeddingSet,
@@ -140,7 +141,9 @@ def merge(
                 done += chunk.size
                 if progress is not None:
                     progress(done, total)
+            fault_point("merge.after_shard")  # this shard's rows committed
     full = build_index(store, full.set_id)
+    fault_point("merge.before_drop")  # full set complete and indexed, shards kept
     _drop_sets(store, shards)
     logger.info("merged %d shards of %s: %d rows added", len(shards), model, added)
     return {
@@ -203,3 +206,4 @@ def _drop_sets(store: Store, sets: list[EmbeddingSet]) -> None:
         ):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+            fault_point("merge.mid_drop")  # shard rows gone, some files left

@@ -19,6 +19,7 @@ import numpy as np
 
 from cytostore.errors import InvalidArgumentError
 from cytostore.store.catalog import safe_identifier
+from cytostore.store.faults import fault_point
 from cytostore.store.search import Searcher
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ def neighbors(
             np.full(sum(p.size for p in cols["cell_id"]), searcher.es.set_id, np.int32)
         ),
     )
+    fault_point("neighbors.before_write")  # neighbours found, nothing written
     with store.transaction() as con:
         _check_target_in(con, into)
         con.register("_neighbors_rows", table)
@@ -110,10 +112,12 @@ def neighbors(
             "FROM _neighbors_rows ORDER BY cell_id, rank"
         )
         con.unregister("_neighbors_rows")
+        fault_point("neighbors.in_transaction")  # table replaced, not committed
         con.execute(
             "INSERT OR REPLACE INTO neighbor_tables VALUES (?, ?, ?, ?, ?, now())",
             [into, searcher.es.set_id, int(k), where, table.num_rows],
         )
+    fault_point("neighbors.after_commit")
     logger.info("wrote %d neighbour rows into %s", table.num_rows, into)
     return {
         "table": into,

@@ -35,6 +35,7 @@ from cytostore.errors import (
     UnknownEmbeddingSetError,
 )
 from cytostore.store.checksums import PrefixHasher, forget_files, record_file
+from cytostore.store.faults import fault_point
 
 if TYPE_CHECKING:
     from cytostore.store.catalog import Store
@@ -505,6 +506,7 @@ class VectorWriter:
                 f"writing vectors of set {self.es.name!r} failed ({why}); nothing was "
                 "committed: free space and rerun, it continues where it stopped"
             ) from exc
+        fault_point("vectors.before_commit")  # rows and ids on disk, not committed
         sums = (
             self._sums[0].peek(self._n * self.es.row_bytes, rows),
             self._sums[1].peek(self._n * 8, ids_le),
@@ -533,6 +535,7 @@ class VectorWriter:
                 record_file(
                     self.store, f"vectors/{path.name}", kind, sid, digest=digest
                 )
+        fault_point("vectors.after_commit")
         for hasher in self._sums:
             hasher.commit()
         if int(ids_arr.max()) >= self._seen.size:
