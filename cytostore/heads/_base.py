@@ -20,7 +20,16 @@ import numpy.typing as npt
 
 from cytostore.errors import InvalidArgumentError, LabelError, NotFittedError
 
-__all__ = ["BaseHead", "Interval", "Options", "validate_params", "balanced_weights"]
+__all__ = [
+    "BaseHead",
+    "Interval",
+    "Options",
+    "validate_params",
+    "balanced_weights",
+    "encode_classes",
+    "decode_classes",
+    "load_module_state",
+]
 
 
 @dataclass(frozen=True)
@@ -158,10 +167,57 @@ def resolve_device(device: str) -> str:
     return device
 
 
+#: numpy dtype kinds a head's state arrays may have: bool, signed, unsigned, float.
+STATE_KINDS = "biuf"
+
+
+def encode_classes(classes: npt.NDArray[Any]) -> dict[str, Any]:
+    """Return ``classes_`` as JSON: ``{"dtype": ..., "values": [...]}``.
+
+    Examples:
+        >>> encode_classes(np.array(["a", "b"]))
+        {'dtype': '<U1', 'values': ['a', 'b']}
+    """
+    dtype = "object" if classes.dtype.kind == "O" else classes.dtype.str
+    values = [v.item() if isinstance(v, np.generic) else v for v in classes.tolist()]
+    return {"dtype": dtype, "values": values}
+
+
+def decode_classes(doc: Any) -> npt.NDArray[Any]:
+    """Return the ``classes_`` array that :func:`encode_classes` described.
+
+    Raises:
+        ValueError: If ``doc`` is not such a description (strings, numbers, bools).
+    """
+    if not isinstance(doc, dict) or not isinstance(doc.get("values"), list):
+        raise ValueError("classes must be {'dtype': ..., 'values': [...]}")
+    values = doc["values"]
+    if not all(isinstance(v, str | int | float | bool) for v in values):
+        raise ValueError("classes must be strings, numbers or booleans")
+    if doc.get("dtype") == "object":
+        out = np.empty(len(values), dtype=object)
+        out[:] = values
+        return out
+    dtype = np.dtype(str(doc.get("dtype")))
+    if dtype.kind not in STATE_KINDS + "U":
+        raise ValueError(f"classes dtype {dtype.str!r} is not allowed")
+    return np.asarray(values, dtype=dtype)
+
+
 class BaseHead:
-    """Base of every head: ``get_params``/``set_params``, ``score``, label encoding."""
+    """Base of every head: ``get_params``/``set_params``, ``score``, label encoding.
+
+    A fitted head is saved without pickle: :meth:`get_state` returns its learned
+    state as numeric arrays (``_state_arrays``, and a torch module's ``state_dict``
+    under ``module_.``) plus a JSON-able document (parameters, ``classes_``, the
+    learned numbers of ``_state_values``), and :meth:`from_state` rebuilds it.
+    """
 
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
+    #: Learned attributes saved as numeric arrays.
+    _state_arrays: ClassVar[tuple[str, ...]] = ()
+    #: Learned attributes saved as JSON numbers.
+    _state_values: ClassVar[tuple[str, ...]] = ("n_features_in_",)
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -191,6 +247,112 @@ class BaseHead:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
+
+    def get_state(self) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:
+        """Return the fitted head as numeric arrays and a JSON-able document.
+
+        Returns:
+            ``(arrays, doc)``: ``{name: array}`` of bool/int/float dtypes only (no
+            objects, no strings), and ``{"class", "params", "classes", "learned"}``,
+            from which :meth:`from_state` rebuilds an equal head.
+
+        Raises:
+            NotFittedError: If called before ``fit``.
+        """
+        self._check_fitted()
+        arrays = {
+            name: np.ascontiguousarray(getattr(self, name))
+            for name in self._state_arrays
+        }
+        module = self._state_module()
+        if module is not None:
+            for key, tensor in module.state_dict().items():
+                arrays[f"module_.{key}"] = tensor.detach().cpu().numpy().copy()
+        for name, arr in arrays.items():
+            if arr.dtype.kind not in STATE_KINDS:
+                raise TypeError(f"state array {name} has non-numeric dtype {arr.dtype}")
+        params = {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in self.get_params().items()
+        }
+        learned = {name: _plain(getattr(self, name)) for name in self._state_values}
+        learned.update(self._extra_state())
+        doc = {
+            "class": type(self).__name__,
+            "params": params,
+            "classes": encode_classes(np.asarray(self.classes_)),
+            "learned": learned,
+        }
+        return arrays, doc
+
+    @classmethod
+    def from_state(
+        cls, arrays: dict[str, npt.NDArray[Any]], doc: dict[str, Any]
+    ) -> BaseHead:
+        """Rebuild a fitted head from :meth:`get_state`'s ``(arrays, doc)``.
+
+        Returns:
+            The head, predicting exactly as the one that was saved.
+
+        Raises:
+            ValueError: If the document or the arrays do not describe a head of
+                this class (wrong class, unknown parameter, missing or misshapen
+                array, non-numeric dtype).
+        """
+        if doc.get("class") != cls.__name__:
+            raise ValueError(
+                f"the state is of {doc.get('class')!r}, not {cls.__name__}"
+            )
+        params = doc.get("params")
+        if not isinstance(params, dict) or set(params) - set(cls._param_names()):
+            raise ValueError(f"the state's parameters do not fit {cls.__name__}")
+        head = cls(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+        )
+        head.classes_ = decode_classes(doc.get("classes"))
+        for name, arr in arrays.items():
+            if arr.dtype.kind not in STATE_KINDS:
+                raise ValueError(f"state array {name} has dtype {arr.dtype}")
+        module_keys = {k for k in arrays if k.startswith("module_.")}
+        if set(arrays) - module_keys != set(cls._state_arrays):
+            raise ValueError(
+                f"the state arrays {sorted(arrays)} do not fit {cls.__name__}"
+            )
+        for name in cls._state_arrays:
+            setattr(head, name, arrays[name])
+        learned = doc.get("learned")
+        if not isinstance(learned, dict):
+            raise ValueError("the state has no 'learned' values")
+        for name in cls._state_values:
+            value = learned.get(name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"the state's value {name!r} is not a number")
+            setattr(head, name, value)
+        head._load_extra_state(learned)
+        head._load_module_state(
+            {k.removeprefix("module_."): arrays[k] for k in module_keys}
+        )
+        return head
+
+    def _state_module(self) -> Any:
+        """Return the torch module whose ``state_dict`` is saved (``None``: none)."""
+        return None
+
+    def _extra_state(self) -> dict[str, Any]:
+        """Return learned values that need converting to JSON (see ``_load_...``)."""
+        return {}
+
+    def _load_extra_state(self, learned: dict[str, Any]) -> None:
+        """Set the learned values that :meth:`_extra_state` converted."""
+
+    def _load_module_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
+        """Rebuild the torch module from its ``state_dict`` arrays.
+
+        Raises:
+            ValueError: If a head without a module gets module arrays.
+        """
+        if state:
+            raise ValueError(f"{type(self).__name__} has no torch module")
 
     def _validate_params(self) -> None:
         validate_params(
@@ -268,6 +430,28 @@ class BaseHead:
             NotFittedError: If called before ``fit``.
         """
         return float(np.mean(self.predict(X) == np.asarray(y)))
+
+
+def _plain(value: Any) -> Any:
+    """Return a numpy scalar as a Python number (JSON-able)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def load_module_state(module: Any, state: dict[str, npt.NDArray[Any]]) -> None:
+    """Load ``{key: array}`` into a torch module, strictly (every key, every shape).
+
+    Raises:
+        ValueError: If a key is missing or unexpected, or a shape differs.
+    """
+    import torch
+
+    try:
+        module.load_state_dict(
+            {k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True
+        )
+    except RuntimeError as exc:
+        raise ValueError(str(exc).splitlines()[0]) from None
+    module.eval()
 
 
 def as_matrix(X: Any, n_features: int | None = None) -> npt.NDArray[np.float32]:

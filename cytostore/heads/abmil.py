@@ -24,6 +24,7 @@ from cytostore.heads._base import (
     Interval,
     Options,
     balanced_weights,
+    load_module_state,
     resolve_device,
     seeded,
 )
@@ -194,6 +195,11 @@ class ABMILHead(BaseHead):
         "seed": [Interval(int, 0, None)],
         "device": [str],
     }
+    _state_values: ClassVar[tuple[str, ...]] = (
+        "n_features_in_",
+        "n_epochs_",
+        "best_epoch_",
+    )
 
     def __init__(
         self,
@@ -360,6 +366,20 @@ class ABMILHead(BaseHead):
         if not probas:
             return np.zeros((0, self.classes_.size)), []
         return np.concatenate(probas), attention
+
+    def _state_module(self) -> Any:
+        return self.module_
+
+    def _load_module_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
+        module = GatedAttention(
+            dim=int(self.n_features_in_),
+            hidden=self.hidden,
+            attention_dim=self.attention_dim,
+            n_classes=int(self.classes_.size),
+            dropout=self.dropout,
+        )
+        load_module_state(module, state)
+        self.module_ = module
 
     def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:
         """Return bag probabilities, shape (n_bags, n_classes), ``classes_`` order.

@@ -49,6 +49,8 @@ class KNNHead(BaseHead):
         "batch_size": [Interval(int, 1, None)],
     }
 
+    _state_arrays: ClassVar[tuple[str, ...]] = ("X_fit_", "y_fit_")
+
     def __init__(
         self,
         *,

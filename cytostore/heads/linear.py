@@ -86,6 +86,9 @@ class LinearProbe(BaseHead):
         "device": [str],
     }
 
+    _state_arrays: ClassVar[tuple[str, ...]] = ("coef_", "intercept_")
+    _state_values: ClassVar[tuple[str, ...]] = ("n_features_in_", "l2_", "n_iter_")
+
     def __init__(
         self,
         *,
@@ -205,6 +208,13 @@ class LinearProbe(BaseHead):
         opt.step(closure)
         state = opt.state[opt._params[0]]
         return int(state.get("func_evals", 0))
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"val_scores_": [[k, v] for k, v in self.val_scores_.items()]}
+
+    def _load_extra_state(self, learned: dict[str, Any]) -> None:
+        pairs = learned.get("val_scores_", [])
+        self.val_scores_ = {float(k): float(v) for k, v in pairs}
 
     def decision_function(self, X: Any) -> npt.NDArray[np.float64]:
         """Return the logits, shape (n, n_classes).

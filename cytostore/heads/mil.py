@@ -21,10 +21,14 @@ import numpy.typing as npt
 
 from cytostore.errors import InvalidArgumentError, LabelError, SplitError
 from cytostore.heads._data import Cells, load_cells, missing_label, open_store
-from cytostore.heads._tables import insert_rows
 from cytostore.heads.abmil import ABMILHead
 from cytostore.heads.metrics import METRICS, auroc_ovr, classification_metrics
-from cytostore.heads.registry import check_head_name, head_dir, save_head
+from cytostore.heads.registry import (
+    check_head_name,
+    head_dir,
+    save_head,
+    weights_of,
+)
 from cytostore.heads.report import aggregate, confusion_png
 from cytostore.heads.splits import (
     Fold,
@@ -33,7 +37,7 @@ from cytostore.heads.splits import (
     read_split_specs,
     stratified_folds,
 )
-from cytostore.store import Store
+from cytostore.store import Store, write_attention, write_patient_predictions
 from cytostore.store.catalog import safe_identifier
 
 __all__ = ["mil", "Bagged", "make_bags"]
@@ -287,13 +291,8 @@ def mil(
     if progress is not None:
         progress(n_steps, n_steps)
     folder = head_dir(st, name)
-    folder.mkdir(parents=True, exist_ok=True)
-    png = confusion_png(
-        report["confusion"]["counts"],
-        classes,
-        folder / "confusion.png",
-        title=f"{name}: {label} per {bag} (out-of-fold)",
-    )
+    counts = report["confusion"]["counts"]
+    title = f"{name}: {label} per {bag} (out-of-fold)"
     report.update(
         {
             "head": name,
@@ -304,7 +303,7 @@ def mil(
             "split": split_name,
             "classes": classes,
             "refit_epochs": epochs,
-            "confusion_png": str(png),
+            "confusion_png": str(folder / "confusion.png"),
         }
     )
     meta = {
@@ -316,6 +315,18 @@ def mil(
         "classes": classes,
         "n_features": int(X.shape[1]),
         "trained_bags": [list(k) for k in keys],
+        "weights_sha256": weights_of(st, model),
+        "cli": [
+            ["--model", model],
+            ["--bag", bag],
+            ["--label", label],
+            ["--where", where],
+            ["--folds", None if split is not None else folds],
+            ["--split", split],
+            ["--min-bag-size", min_bag_size],
+            ["--max-epochs", max_epochs],
+            ["--seed", seed],
+        ],
     }
     att_cells, att_ds, att_bag, att_val, att_fold = [], [], [], [], []
     for i, att in attention_oof.items():
@@ -324,46 +335,48 @@ def mil(
         att_bag += [keys[i][1]] * rows[i].size
         att_val.append(att)
         att_fold.append(np.full(rows[i].size, fold_of[i]))
-    with st.transaction() as con:
-        con.execute("DELETE FROM attention WHERE head = ?", [name])
-        con.execute("DELETE FROM patient_predictions WHERE head = ?", [name])
-        n_att = insert_rows(
-            con,
-            "attention",
-            {
-                "cell_id": np.concatenate(att_cells) if att_cells else [],
-                "head": [name] * sum(a.size for a in att_val),
-                "dataset": att_ds,
-                "patient_id": att_bag,
-                "attention": np.concatenate(att_val) if att_val else [],
-                "fold": np.concatenate(att_fold) if att_fold else [],
-            },
+    probabilities = [
+        json.dumps({c: round(float(p), 6) for c, p in zip(classes, row, strict=True)})
+        for row in proba_oof[tested]
+    ]
+
+    def write_rows() -> None:
+        write_attention(
+            st,
+            head=name,
+            cell_id=np.concatenate(att_cells) if att_cells else [],
+            dataset=att_ds,
+            patient_id=att_bag,
+            attention=np.concatenate(att_val) if att_val else [],
+            fold=np.concatenate(att_fold) if att_fold else [],
+            replace_head=True,
         )
-        n_pp = insert_rows(
-            con,
-            "patient_predictions",
-            {
-                "dataset": [keys[i][0] for i in tested],
-                "patient_id": [keys[i][1] for i in tested],
-                "head": [name] * tested.size,
-                "label": y_pred.tolist(),
-                "probability": proba_oof[tested].max(1),
-                "fold": fold_of[tested],
-                "true_label": y[tested].tolist(),
-                "probabilities": [
-                    json.dumps(
-                        {
-                            c: round(float(p), 6)
-                            for c, p in zip(classes, row, strict=True)
-                        }
-                    )
-                    for row in proba_oof[tested]
-                ],
-            },
-            computed={"predicted_at": "now()"},
+        write_patient_predictions(
+            st,
+            head=name,
+            dataset=[keys[i][0] for i in tested],
+            patient_id=[keys[i][1] for i in tested],
+            label=y_pred.tolist(),
+            probability=proba_oof[tested].max(1),
+            probabilities=probabilities,
+            fold=fold_of[tested],
+            true_label=y[tested].tolist(),
+            replace_head=True,
         )
-        report["attention_rows"] = n_att
-        report["patient_prediction_rows"] = n_pp
-        save_head(st, name, final, meta, report)
+
+    report["attention_rows"] = int(sum(a.size for a in att_val))
+    report["patient_prediction_rows"] = int(tested.size)
+    # the out-of-fold rows commit with the head's row, after its folder is in place
+    save_head(
+        st,
+        name,
+        final,
+        meta,
+        report,
+        extras=lambda tmp: confusion_png(
+            counts, classes, tmp / "confusion.png", title=title
+        ),
+        catalog_rows=write_rows,
+    )
     logger.info("mil %s: balanced accuracy %.4f", name, report["balanced_accuracy"])
     return report

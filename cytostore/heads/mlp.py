@@ -19,6 +19,7 @@ from cytostore.heads._base import (
     Options,
     as_matrix,
     balanced_weights,
+    load_module_state,
     resolve_device,
     seeded,
 )
@@ -103,6 +104,11 @@ class MLPHead(BaseHead):
         "seed": [Interval(int, 0, None)],
         "device": [str],
     }
+    _state_values: ClassVar[tuple[str, ...]] = (
+        "n_features_in_",
+        "n_epochs_",
+        "best_epoch_",
+    )
 
     def __init__(
         self,
@@ -199,6 +205,19 @@ class MLPHead(BaseHead):
             "mlp head: %d epochs, best %d (val loss %.4f)", epoch, best_epoch, best_loss
         )
         return self
+
+    def _state_module(self) -> Any:
+        return self.module_
+
+    def _load_module_state(self, state: dict[str, npt.NDArray[Any]]) -> None:
+        module = MLP(
+            dim=int(self.n_features_in_),
+            hidden=self.hidden,
+            n_classes=int(self.classes_.size),
+            dropout=self.dropout,
+        )
+        load_module_state(module, state)
+        self.module_ = module
 
     def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:
         """Return softmax probabilities, shape (n, n_classes), ``classes_`` order.

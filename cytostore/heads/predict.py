@@ -12,10 +12,9 @@ import numpy as np
 
 from cytostore.errors import EmptySelectionError
 from cytostore.heads._data import load_cells, open_store
-from cytostore.heads._tables import insert_rows
 from cytostore.heads.mil import make_bags
 from cytostore.heads.registry import load_head
-from cytostore.store import Store
+from cytostore.store import Store, write_patient_predictions, write_predictions
 
 __all__ = ["predict"]
 
@@ -78,19 +77,14 @@ def predict(
         if progress is not None:
             progress(min(start + _CHUNK, n), n)
     proba = np.concatenate(probs)
-    with st.transaction() as con:
-        insert_rows(
-            con,
-            "predictions",
-            {
-                "cell_id": cells.ids,
-                "head": [head] * n,
-                "label": labels,
-                "probability": proba.max(1),
-                "probabilities": _probabilities_json(classes, proba),
-            },
-            computed={"predicted_at": "now()"},
-        )
+    write_predictions(
+        st,
+        head=head,
+        cell_id=cells.ids,
+        label=labels,
+        probability=proba.max(1),
+        probabilities=_probabilities_json(classes, proba),
+    )
     values, counts = np.unique(np.asarray(labels), return_counts=True)
     return {
         "head": head,
@@ -130,20 +124,15 @@ def _predict_bags(
         progress(len(todo), len(todo))
     labels = [classes[j] for j in proba.argmax(1)]
     keys = [bagged.keys[i] for i in todo]
-    with st.transaction() as con:
-        insert_rows(
-            con,
-            "patient_predictions",
-            {
-                "dataset": [k[0] for k in keys],
-                "patient_id": [k[1] for k in keys],
-                "head": [head] * len(keys),
-                "label": labels,
-                "probability": proba.max(1),
-                "probabilities": _probabilities_json(classes, proba),
-            },
-            computed={"predicted_at": "now()", "fold": "NULL"},
-        )
+    write_patient_predictions(
+        st,
+        head=head,
+        dataset=[k[0] for k in keys],
+        patient_id=[k[1] for k in keys],
+        label=labels,
+        probability=proba.max(1),
+        probabilities=_probabilities_json(classes, proba),
+    )
     values, counts = np.unique(np.asarray(labels), return_counts=True)
     return {
         "head": head,

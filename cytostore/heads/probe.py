@@ -25,7 +25,12 @@ from cytostore.heads.knn import KNNHead
 from cytostore.heads.linear import LinearProbe
 from cytostore.heads.metrics import METRICS, classification_metrics
 from cytostore.heads.mlp import MLPHead
-from cytostore.heads.registry import check_head_name, head_dir, save_head
+from cytostore.heads.registry import (
+    check_head_name,
+    head_dir,
+    save_head,
+    weights_of,
+)
 from cytostore.heads.report import aggregate, by_group, confusion_png
 from cytostore.heads.splits import (
     Fold,
@@ -345,13 +350,8 @@ def probe(
     if head is None:
         raise SplitError("the split produced no folds: check --split")
     folder = head_dir(st, name)
-    folder.mkdir(parents=True, exist_ok=True)
-    png = confusion_png(
-        report["confusion"]["counts"],
-        classes,
-        folder / "confusion.png",
-        title=f"{name}: {label} ({split_name})",
-    )
+    counts = report["confusion"]["counts"]
+    title = f"{name}: {label} ({split_name})"
     report.update(
         {
             "head": name,
@@ -360,9 +360,10 @@ def probe(
             "label": label,
             "split": split_name,
             "classes": [str(c) for c in head.classes_.tolist()],
-            "confusion_png": str(png),
+            "confusion_png": str(folder / "confusion.png"),
         }
     )
+    knn = kind == "knn"
     meta = {
         "kind": kind,
         "model": model,
@@ -370,7 +371,34 @@ def probe(
         "where": where,
         "classes": report["classes"],
         "n_features": int(X.shape[1]),
+        "weights_sha256": weights_of(st, model),
+        "cli": [
+            ["--model", model],
+            ["--kind", kind],
+            ["--label", label],
+            ["--where", where],
+            ["--train-where", train_where],
+            ["--test-where", test_where],
+            ["--split", split],
+            ["--folds", folds],
+            ["--test-size", None if test_size == 0.2 else test_size],
+            ["--min-count", min_count],
+            ["--class-weight", "none" if class_weight is None else None],
+            ["--by", by],
+            ["--k", k if knn else None],
+            ["--vote", vote if knn else None],
+            ["--seed", seed],
+        ],
     }
-    save_head(st, name, head, meta, report)
+    save_head(
+        st,
+        name,
+        head,
+        meta,
+        report,
+        extras=lambda tmp: confusion_png(
+            counts, classes, tmp / "confusion.png", title=title
+        ),
+    )
     logger.info("probe %s: balanced accuracy %.4f", name, report["balanced_accuracy"])
     return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,8 @@ from heads_helpers import gaussian_classes, planted_bags
 
 from cytostore.errors import InvalidArgumentError, LabelError, NotFittedError
 from cytostore.heads import ABMILHead, KNNHead, LinearProbe, MLPHead
+from cytostore.heads.registry import HEAD_CLASSES, load_head, save_head
+from cytostore.store import Store
 
 
 def _cells(seed: int = 0) -> tuple[Any, Any]:
@@ -67,6 +70,65 @@ def test_head__pickle_round_trip_predicts_the_same(make: Any, data: Any) -> None
     head = make().fit(X, y)
     again = pickle.loads(pickle.dumps(head))
     np.testing.assert_array_equal(again.predict_proba(X), head.predict_proba(X))
+
+
+def test_heads__the_contract_covers_every_head_that_can_be_saved() -> None:
+    assert {type(make()).__name__ for make, _ in HEADS} == set(HEAD_CLASSES)
+
+
+@pytest.mark.parametrize(("make", "data"), HEADS, ids=IDS)
+def test_head__state_is_numeric_arrays_and_rebuilds_an_equal_head(
+    make: Any, data: Any
+) -> None:
+    X, y = data(0)
+    head = make().fit(X, y)
+    arrays, doc = head.get_state()
+    assert arrays and all(a.dtype.kind in "biuf" for a in arrays.values())
+    again = type(head).from_state(arrays, doc)
+    assert again.get_params() == head.get_params()
+    assert again.classes_.dtype == head.classes_.dtype
+    np.testing.assert_array_equal(again.predict_proba(X), head.predict_proba(X))
+
+
+@pytest.mark.parametrize(("make", "data"), HEADS, ids=IDS)
+def test_head__save_load_round_trip_predicts_the_same(
+    make: Any, data: Any, tmp_path: Path
+) -> None:
+    X, y = data(0)
+    head = make().fit(X, y)
+    store = Store.create(tmp_path / "s")
+    meta = {"kind": type(head).__name__, "model": None, "label": "label"}
+    folder = save_head(store, "h", head, meta, {"n": 1})
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "head.json",
+        "head.npz",
+        "report.json",
+    ]
+    with np.load(folder / "head.npz", allow_pickle=False) as npz:
+        assert all(npz[k].dtype.kind in "biuf" for k in npz.files)
+    again, meta_again = load_head(store, "h")
+    assert type(again) is type(head) and meta_again["label"] == "label"
+    np.testing.assert_array_equal(again.predict_proba(X), head.predict_proba(X))
+    np.testing.assert_array_equal(again.predict(X), head.predict(X))
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        np.array(["b", "a", "c"] * 30),
+        np.array(["b", "a", "c"] * 30, dtype=object),
+        np.array([3, 1, 2] * 30),
+        np.array([0.5, 1.5, 2.5] * 30),
+    ],
+    ids=["str", "object", "int", "float"],
+)
+def test_head__state_keeps_the_classes_dtype(labels: np.ndarray) -> None:
+    X, _ = _cells()
+    head = KNNHead(k=3).fit(X, labels)
+    again = KNNHead.from_state(*head.get_state())
+    assert again.classes_.dtype == head.classes_.dtype
+    assert again.classes_.tolist() == head.classes_.tolist()
+    np.testing.assert_array_equal(again.predict(X), head.predict(X))
 
 
 @pytest.mark.parametrize(("make", "data"), HEADS, ids=IDS)
