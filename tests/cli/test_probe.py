@@ -125,3 +125,63 @@ def test_predict_cli__unknown_head_exits_2(store: Path) -> None:
     result = CliRunner().invoke(main, ["predict", str(store), "--head", "nope"])
     assert result.exit_code == 2
     assert "no head named 'nope'" in result.stderr
+
+
+# ------------------------------------------------- a real published split
+_LMU_CLASSES = ("NGS", "LYT", "MYO", "MON")
+
+
+def _split_entries(path: Path, per_class: int) -> list[tuple[str, str]]:
+    """The first ``per_class`` (path, label) rows of each of ``_LMU_CLASSES``."""
+    taken: dict[str, list[tuple[str, str]]] = {c: [] for c in _LMU_CLASSES}
+    for line in path.read_text().splitlines():
+        entry, label = line.split("\t")[:2]
+        if label in taken and len(taken[label]) < per_class:
+            taken[label].append((entry, label))
+    return [e for c in _LMU_CLASSES for e in taken[c]]
+
+
+def test_probe_cli__published_lmu_split_file_decides_train_and_test(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    """Cells named like the real LMU files follow lmu_dinobloom_{train,test}.tsv."""
+    import numpy as np
+
+    from cytostore.store import Store
+
+    splits = shared_dir / "datasets" / "splits"
+    test_file = splits / "lmu_dinobloom_test.tsv"
+    if not (test_file.is_file() and (splits / "lmu_dinobloom_train.tsv").is_file()):
+        pytest.skip(f"published split files absent under {splits}")
+    test_rows = _split_entries(test_file, 6)
+    train_rows = _split_entries(splits / "lmu_dinobloom_train.tsv", 15)
+    assert len(test_rows) == 24 and len(train_rows) == 60
+    store = Store.create(tmp_path / "s")
+    rows = [{"dataset": "lmu", "path": p, "label": lab} for p, lab in train_rows]
+    rows += [{"dataset": "lmu", "path": p, "label": lab} for p, lab in test_rows]
+    # bm cells with a real test file name: --where must keep them out of the split
+    rows += [{"dataset": "bm", "path": f"x/{p}", "label": lab} for p, lab in test_rows]
+    ids = store.add_cells(rows)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 4, (len(_LMU_CLASSES), 8))
+    labels = [r["label"] for r in rows]
+    x = np.stack([centres[_LMU_CLASSES.index(lab)] for lab in labels])
+    x = (x + rng.normal(0, 1, x.shape)).astype(np.float32)
+    with store.vector_writer(store.create_embedding_set("tiny", 8)) as w:
+        w.append(ids, x)
+    result = CliRunner().invoke(
+        main,
+        [
+            "probe", str(store.root), "--label", "label", "--kind", "knn",
+            "-k", "5", "--where", "dataset = 'lmu'", "--split", str(test_file),
+            "--format", "json",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["n_train"], report["n_test"]) == (60, 24)
+    assert report["balanced_accuracy"] == 1.0  # separated classes: split is honest
+    assert set(report["per_class"]) == set(_LMU_CLASSES)
+    assert [f["name"] for f in report["folds"]] == ["lmu_dinobloom"]
+    # 14,692 + 3,673 published entries, 84 of them in this store
+    assert report["excluded"] == {"split_unmatched_entries": 18_365 - 84}
