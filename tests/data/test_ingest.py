@@ -223,47 +223,112 @@ def test_ingest__interrupted_between_commits_resumes_with_same_ids(
     assert _cells(store) == _cells(clean)
 
 
-def test_ingest__killed_process_rerun_completes_without_duplicates(
-    tmp_path: Path, write_img: Callable[..., Path]
-) -> None:
-    root = tmp_path / "lab"
-    names = sorted(f"class{i % 3}/c{i:03d}.png" for i in range(120))
-    for i, name in enumerate(names):
-        write_img(root / name, size=16, seed=i)
-    store_dir = tmp_path / "store"
-    # The child reports each commit on stdout (and dawdles a little after each, so
-    # that the kill lands part-way); it is killed once 40 files are committed.
-    script = (
-        "import importlib, sys, time\n"
-        "m = importlib.import_module('cytostore.data.ingest')\n"
-        "m.COMMIT_EVERY = 5\n"
-        "m.COMMIT_MIN_S = 0.0\n"
-        "def tick(done, total):\n"
-        "    print(done, flush=True)\n"
-        "    time.sleep(0.2)\n"
-        "m.ingest(sys.argv[1], sys.argv[2], workers=1, progress=tick)\n"
-    )
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, str(store_dir), str(root)],
+#: Fault points of ingest and the hit at which the child dies (see
+#: :func:`cytostore.store.faults.fault_point`); the child commits every 5 files.
+KILL_POINTS = [
+    ("ingest.after_prepare", 1),
+    ("ingest.after_commit", 1),
+    ("ingest.after_commit", 3),
+    ("ingest.before_final_commit", 1),
+]
+# The child runs the real CLI with a small commit size (a module constant).
+_CHILD = (
+    "import importlib, sys\n"
+    "m = importlib.import_module('cytostore.data.ingest')\n"
+    "m.COMMIT_EVERY = 5\n"
+    "m.COMMIT_MIN_S = 0.0\n"
+    "from cytostore.cli import main\n"
+    "main(['ingest', *sys.argv[1:], '--workers', '1'], prog_name='cytostore')\n"
+)
+_CATALOGUED = (
+    "SELECT cell_id, dataset, path, label, sha256, width, height FROM cells "
+    "ORDER BY cell_id"
+)
+
+
+def _run_child(
+    store: Path, source: Path, fault: str | None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CYTOSTORE_FAULT")}
+    env["OMP_NUM_THREADS"] = "1"
+    if fault is not None:
+        env["CYTOSTORE_FAULT"] = fault
+    return subprocess.run(
+        [sys.executable, "-c", _CHILD, str(store), str(source)],
         env=env,
-        stdout=subprocess.PIPE,
+        capture_output=True,
         text=True,
+        timeout=300,
     )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if int(line) >= 40:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def kill_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder dataset of 23 good images and two bad files (read-only)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("kill") / "lab"
+    for i in range(23):
+        rgb = np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        path = root / f"class{i % 3}" / f"c{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb).save(path)
+    (root / "class0" / "junk.png").write_bytes(b"junk")
+    (root / "class1" / ".DS_Store").write_bytes(b"\0")
+    return root
+
+
+@pytest.fixture(scope="module")
+def kill_clean(kill_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Store:
+    """The store one uninterrupted CLI ingest of :func:`kill_tree` gives."""
+    path = tmp_path_factory.mktemp("clean") / "store"
+    done = _run_child(path, kill_tree, None)
+    assert done.returncode == 0, done.stderr
+    return Store.open(path)
+
+
+@pytest.mark.parametrize(("point", "hit"), KILL_POINTS)
+def test_ingest__killed_at_fault_point_rerun_equals_clean_ingest(
+    tmp_path: Path, kill_tree: Path, kill_clean: Store, point: str, hit: int
+) -> None:
+    store_dir = tmp_path / "store"
+    killed = _run_child(store_dir, kill_tree, f"{point}:{hit}")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    partial = _cells(Store.open(store_dir))
+    # Files are committed 5 at a time (cells and unreadable ones alike), after the
+    # clutter file that the preparing transaction records.
+    committed = {"after_prepare": 0, "after_commit": 5 * hit}.get(
+        point.split(".")[1], 20
+    )
+    assert len(partial) + len(_skipped(Store.open(store_dir))) == 1 + committed
+    done = _run_child(store_dir, kill_tree, None)
+    assert done.returncode == 0, done.stderr
     store = Store.open(store_dir)
-    first = _cells(store)
-    assert 40 <= len(first) < 120
-    ingest(store, root, workers=1)
-    cells = _cells(store)
-    assert cells[: len(first)] == first
-    assert [c[0] for c in cells] == list(range(1, 121))
-    assert [c[2] for c in cells] == names
+    cells = store.sql(_CATALOGUED).rows
+    assert cells == kill_clean.sql(_CATALOGUED).rows
+    assert [c[0] for c in cells] == list(range(1, 24))
+    assert len({(c[1], c[2]) for c in cells}) == 23
+    assert _skipped(store) == _skipped(kill_clean)
+    assert cells[: len(partial)] == [
+        c for c in cells if (c[0], c[1], c[2]) in set(partial)
+    ]
+
+
+def test_ingest__killed_after_zip_extraction_rerun_completes(
+    tmp_path: Path, builders: dict[str, Callable[[Path], Path]]
+) -> None:
+    builders["bm"](tmp_path / "src")
+    archive = Path(shutil.make_archive(str(tmp_path / "bm"), "zip", tmp_path / "src"))
+    store_dir = tmp_path / "store"
+    killed = _run_child(store_dir, archive, "ingest.after_extract")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (store_dir / "sources" / "bm").exists()  # never half-renamed
+    done = _run_child(store_dir, archive, None)
+    assert done.returncode == 0, done.stderr
+    cells = _cells(Store.open(store_dir))
+    assert [c[0] for c in cells] == list(range(1, 7))
+    assert len({c[2] for c in cells}) == 6
 
 
 def test_ingest__parallel_equals_serial(
