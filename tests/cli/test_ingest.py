@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +130,36 @@ def test_ingest_cli__bad_input_exit_2(
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+    assert not (tmp_path / "s").exists()  # a failed first ingest leaves no store
+
+
+def test_ingest_cli__fifo_and_non_utf8_name_skipped_in_a_real_process(
+    tmp_path: Path, tree: Path
+) -> None:
+    chunk = tree / "bm zip.download" / "BM_cytomorphology_data" / "BLA" / "0001-1000"
+    os.mkfifo(chunk / "BLA_00009.jpg")  # opening it would hang the command
+    try:
+        with open(os.path.join(os.fsencode(chunk), b"BLA_\xff0008.jpg"), "wb") as fh:
+            fh.write((chunk / "BLA_00001.jpg").read_bytes())
+    except OSError:
+        pytest.skip("this file system refuses file names that are not UTF-8")
+    store = tmp_path / "store"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CYTOSTORE_FAULT")}
+    done = subprocess.run(
+        [sys.executable, "-m", "cytostore", "ingest", str(store), str(tree)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"ingested 5 new cells (3 skipped) into {store}"
+    )
+    skipped = dict(Store.open(store).sql("SELECT path, reason FROM skipped").rows)
+    assert "FIFO" in skipped["BLA/0001-1000/BLA_00009.jpg"]
+    assert "not valid UTF-8" in skipped["BLA/0001-1000/BLA_\\xff0008.jpg"]
 
 
 def test_ingest_cli__help_has_example() -> None:
