@@ -11,6 +11,7 @@ that lags behind a running ``embed`` never hides vectors.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import numpy as np
 from cytostore.errors import InvalidArgumentError, StoreCorruptError
 from cytostore.store.checksums import record_file, sha256_file
 from cytostore.store.faults import fault_point
+from cytostore.store.locks import file_lock
 from cytostore.store.vectors import EmbeddingSet, get_set, ids_path, vector_path
 
 if TYPE_CHECKING:
@@ -179,16 +181,51 @@ def build_index(
         UnknownEmbeddingSetError: If the set does not exist.
         InvalidArgumentError: If the factory string is invalid or cannot be
             trained on this many vectors.
+        StoreBusyError: If another writer holds the set (an ``embed``, another
+            ``build-index``) for longer than the store's busy timeout.
     """
+    es = get_set(store, set_or_model)
+    # The set's lock (the one VectorWriter holds): two index writes of one set,
+    # in two processes or two threads, run one after the other.
+    busy = (
+        f"another process or thread is writing embedding set {es.name!r} (embed, "
+        "merge or build-index): wait for it to finish, then rerun"
+    )
+    lock = store.root / "vectors" / f"{es.set_id}.lock"
+    with file_lock(lock, busy, wait_s=store.busy_timeout_s):
+        return _build_locked(
+            store,
+            get_set(store, es.set_id),
+            index,
+            search_params,
+            rebuild,
+            seed,
+            progress,
+        )
+
+
+def _build_locked(
+    store: Store,
+    es: EmbeddingSet,
+    index: str | None,
+    search_params: dict[str, Any] | None,
+    rebuild: bool,
+    seed: int,
+    progress: Callable[[int, int], None] | None,
+) -> EmbeddingSet:
+    """:func:`build_index` once the set's lock is held and ``es`` read under it."""
     import faiss
 
-    es = get_set(store, set_or_model)
     factory = index or es.index_factory
     path = index_path(store, es)
     idx: Any = None
     fresh = False
+    _remove_temporaries(path)  # a killed writer's (we hold the set's lock)
     if not rebuild and factory == es.index_factory and path.exists():
         idx = load_index(store, es)
+        if idx is not None and int(idx.ntotal) < es.n_vectors:
+            # The loaded index is shared with this process's searchers: extend a copy.
+            idx = faiss.clone_index(idx)
     if idx is None:
         try:
             base = faiss.index_factory(es.dim, factory, faiss_metric(es.metric))
@@ -232,7 +269,7 @@ def build_index(
     if not changed:
         return es
     path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     faiss.write_index(idx, str(tmp))
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
@@ -251,6 +288,13 @@ def build_index(
     _remember(path, idx)
     logger.info("index %s of set %s holds %d vectors", factory, es.name, idx.ntotal)
     return updated
+
+
+def _remove_temporaries(path: Path) -> None:
+    """Delete temp files a killed write of this index left (``<name>.*tmp``)."""
+    for tmp in path.parent.glob(f"{path.name}.*tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 def _fill_flat(

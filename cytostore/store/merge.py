@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cytostore.errors import ConfigMismatchError, UnknownEmbeddingSetError
+from cytostore.store.checksums import forget_files
 from cytostore.store.faults import fault_point
 from cytostore.store.index import build_index, index_path
+from cytostore.store.locks import file_lock
 from cytostore.store.vectors import (
     EmbeddingSet,
     VectorWriter,
@@ -82,6 +86,7 @@ def merge(
             or preprocessing, or on the shard count; or if they (or the full set)
             were embedded with different model weights.
     """
+    _remove_dropped_files(store)  # left by a merge killed while deleting shards
     sets = list_sets(store)
     shards = [s for s in sets if s.shard is not None]
     models = sorted({s.model for s in shards})
@@ -92,11 +97,42 @@ def merge(
         )
     model = model or (models[0] if models else None)
     shards = [s for s in shards if s.model == model]
+    done_before = [s for s in sets if s.shard is None and s.model == model]
+    if not shards and model is not None and done_before:
+        logger.info("no shard sets of %s left: already merged", model)
+        return _report(done_before[0], [], 0, 0)
     if not shards:
         raise UnknownEmbeddingSetError(
             f"no shard sets to merge{f' for model {model!r}' if model else ''}: embed "
             "with 'cytostore embed STORE --model NAME --shard I/N' first"
         )
+    with contextlib.ExitStack() as held:
+        for s in shards:  # an embed still writing a shard, or another merge: refuse
+            held.enter_context(
+                file_lock(
+                    store.root / "vectors" / f"{s.set_id}.lock",
+                    f"shard set {s.name!r} is being written (an 'embed --shard' or "
+                    "another 'merge' is running): wait for it to finish, then rerun",
+                )
+            )
+        # Read the shards again under their locks: the counts are final now.
+        fresh = {s.set_id: s for s in list_sets(store)}
+        shards = [fresh[s.set_id] for s in shards if s.set_id in fresh]
+        if not shards:
+            raise UnknownEmbeddingSetError(
+                f"the shard sets of model {model!r} were merged by another process "
+                "meanwhile: nothing left to merge"
+            )
+        return _merge_locked(store, shards, sets, progress)
+
+
+def _merge_locked(
+    store: Store,
+    shards: list[EmbeddingSet],
+    sets: list[EmbeddingSet],
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
+    """Append ``shards`` (locked by the caller) to their full set, then drop them."""
     first = shards[0]
     for s in shards[1:]:
         a = (s.dim, s.dtype, s.metric, s.index_factory, s.preprocessing)
@@ -126,8 +162,9 @@ def merge(
         weights_sha256=weights,
     )
     total = sum(s.n_vectors for s in shards)
-    added = skipped = done = 0
+    skipped = done = 0
     with VectorWriter(store, full) as writer:
+        before = writer.n_vectors
         for s in shards:
             ids, mat = read_vectors(store, s)
             for lo in range(0, ids.size, _CHUNK_ROWS):
@@ -136,16 +173,22 @@ def merge(
                 if new.any():
                     rows = np.asarray(mat[lo : lo + _CHUNK_ROWS])[new]
                     writer.append(chunk[new], rows, normalize=False)
-                added += int(new.sum())
                 skipped += int((~new).sum())
                 done += chunk.size
                 if progress is not None:
                     progress(done, total)
             fault_point("merge.after_shard")  # this shard's rows committed
+        added = writer.n_vectors - before  # rows this merge committed
     full = build_index(store, full.set_id)
     fault_point("merge.before_drop")  # full set complete and indexed, shards kept
     _drop_sets(store, shards)
-    logger.info("merged %d shards of %s: %d rows added", len(shards), model, added)
+    logger.info("merged %d shards of %s: %d rows added", len(shards), full.model, added)
+    return _report(full, shards, added, skipped)
+
+
+def _report(
+    full: EmbeddingSet, shards: list[EmbeddingSet], added: int, skipped: int
+) -> dict[str, Any]:
     return {
         "model": full.model,
         "set_id": full.set_id,
@@ -154,6 +197,31 @@ def merge(
         "skipped": skipped,
         "n_vectors": full.n_vectors,
     }
+
+
+def _remove_dropped_files(store: Store) -> None:
+    """Delete vector, ids, lock and index files of set ids the catalog does not list.
+
+    Files are listed before the catalog is read: a set's row is committed before
+    its files are created, so a file seen here whose set is not in the catalog
+    belongs to a dropped set, never to one being created.
+    """
+    pattern = re.compile(r"^(\d+)\.(f32|f16|ids|lock|faiss)$")
+    found: list[tuple[int, Path]] = []
+    for folder in (store.root / "vectors", store.root / "indexes"):
+        if folder.is_dir():
+            for path in folder.iterdir():
+                m = pattern.match(path.name)
+                if m and path.is_file():
+                    found.append((int(m.group(1)), path))
+    if not found:
+        return
+    live = {s.set_id for s in list_sets(store)}
+    for set_id, path in found:
+        if set_id not in live:
+            logger.info("removing %s of a dropped set", path)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def _same_weights(shards: list[EmbeddingSet], full: EmbeddingSet | None) -> str | None:
@@ -191,11 +259,25 @@ def _same_weights(shards: list[EmbeddingSet], full: EmbeddingSet | None) -> str 
 
 
 def _drop_sets(store: Store, sets: list[EmbeddingSet]) -> None:
+    """Delete the sets' rows and checksums in one transaction, then their files.
+
+    A kill between the two leaves files of sets the catalog no longer lists; the
+    next merge removes them (:func:`_remove_dropped_files`).
+    """
     with store.transaction() as con:
         con.execute(
             "DELETE FROM embedding_sets WHERE set_id IN (SELECT unnest(?))",
             [[s.set_id for s in sets]],
         )
+        for s in sets:
+            forget_files(
+                store,
+                [
+                    f"vectors/{vector_path(store, s).name}",
+                    f"vectors/{ids_path(store, s).name}",
+                    f"indexes/{index_path(store, s).name}",
+                ],
+            )
     for s in sets:
         lock = store.root / "vectors" / f"{s.set_id}.lock"
         for path in (
