@@ -33,8 +33,6 @@ __all__ = [
     "StoreWriteError",
     "HasDependentsError",
     "NotInStoreError",
-    "HasDependentsError",
-    "NotInStoreError",
     "QueryRefusedError",
     "QueryTimeoutError",
 ]
@@ -147,17 +145,6 @@ class WeightsMismatchError(InvalidArgumentError):
 
 class StoreWriteError(CytostoreError, OSError):
     """Writing a store file failed (disk full, permissions); nothing was committed."""
-
-
-class HasDependentsError(CytostoreError):
-    """Something still depends on what ``rm`` was asked to remove (use --cascade)."""
-
-
-class NotInStoreError(CytostoreError, KeyError):
-    """The model, set, head, patient or dataset to remove is not in the store."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 class HasDependentsError(CytostoreError):
