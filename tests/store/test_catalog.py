@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import multiprocessing as mp
-import time
+import threading
 from pathlib import Path
 
-import duckdb
 import pytest
+from lock_holder import catalog_locked
 
 from cytostore.errors import (
     EmptySelectionError,
@@ -147,30 +146,34 @@ def test_cell_paths__joins_dataset_root(tmp_store: Store, tmp_path: Path) -> Non
     assert tmp_store.cell_paths(ids) == [tmp_path.resolve() / "BAS/BAS_0001.tiff"]
 
 
-def _hold_write_lock(path: str, ready: mp.synchronize.Event, seconds: float) -> None:
-    con = duckdb.connect(path)
-    ready.set()
-    time.sleep(seconds)
-    con.close()
-
-
-def test_connect__reader_waits_for_writer_then_reports_busy(tmp_path: Path) -> None:
+def test_connect__reader_reports_busy_while_a_writer_holds_the_catalog(
+    tmp_path: Path,
+) -> None:
     store = Store.create(tmp_path / "s")
-    ctx = mp.get_context("spawn")
-    ready = ctx.Event()
-    proc = ctx.Process(
-        target=_hold_write_lock, args=(str(store.catalog_path), ready, 3.0)
-    )
-    proc.start()
-    try:
-        assert ready.wait(30)
-        impatient = Store(store.root, busy_timeout_s=0.3)
-        with pytest.raises(StoreBusyError, match="busy"):
+    impatient = Store(store.root, busy_timeout_s=0.3)
+    with catalog_locked(store.catalog_path):
+        with pytest.raises(StoreBusyError, match="busy") as info:
             impatient.sql("SELECT 1")
-        patient = Store(store.root, busy_timeout_s=30)
-        assert patient.sql("SELECT 42").rows == [(42,)]
-    finally:
-        proc.join()
+        assert "\n" not in str(info.value)
+        assert "CYTOSTORE_BUSY_TIMEOUT_S" in str(info.value)  # the fix
+    assert impatient.sql("SELECT 42").rows == [(42,)]  # released: works again
+
+
+def test_connect__patient_reader_gets_through_once_the_writer_lets_go(
+    tmp_path: Path,
+) -> None:
+    """A reader started while the catalog is locked answers after the release."""
+    store = Store.create(tmp_path / "s")
+    patient = Store(store.root, busy_timeout_s=60)
+    answers: list[object] = []
+    with catalog_locked(store.catalog_path):
+        reader = threading.Thread(
+            target=lambda: answers.append(patient.sql("SELECT 42").rows)
+        )
+        reader.start()  # waits (or has not started yet): either way it must succeed
+    reader.join(timeout=120)
+    assert not reader.is_alive()
+    assert answers == [[(42,)]]
 
 
 def test_upsert_patients__text_in_a_number_column_is_a_clear_error(
