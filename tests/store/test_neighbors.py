@@ -16,17 +16,38 @@ def test_neighbors__table_matches_per_cell_search(vec_store: Store) -> None:
     by_cell: dict[int, list[tuple]] = {}
     for r in rows:
         by_cell.setdefault(r[0], []).append(r)
-    for cell in (2, 100, 299):  # lmu cells have odd ids (rows 0, 2, ... of the fixture)
-        if cell not in by_cell:
-            continue
+    lmu = set(vec_store.where_ids("dataset = 'lmu'").tolist())
+    assert set(by_cell) == lmu and len(lmu) == 150
+    for cell in sorted(lmu):
         dist, ids = vec_store.search(cell, k=5, where="dataset = 'lmu'")
         assert [r[2] for r in by_cell[cell]] == ids[0].tolist()
         np.testing.assert_allclose([r[3] for r in by_cell[cell]], dist[0], rtol=1e-6)
         assert [r[1] for r in by_cell[cell]] == [1, 2, 3, 4, 5]
     assert all(r[0] != r[2] for r in rows)
     assert {r[4] for r in rows} == {1}
-    lmu = set(vec_store.where_ids("dataset = 'lmu'").tolist())
-    assert {r[0] for r in rows} == lmu and {r[2] for r in rows} <= lmu
+    assert {r[2] for r in rows} <= lmu
+
+
+def _brute_label_agreement(store: Store, k: int) -> dict[str, float]:
+    """Mean share of each cell's k nearest others (cosine) with its label."""
+    ids, x = store.vectors()
+    x = np.asarray(x, np.float64)
+    meta = dict(
+        zip(
+            ids.tolist(),
+            store.cell_meta(ids, ["dataset", "label"]).rows,
+            strict=True,
+        )
+    )
+    scores = x @ x.T
+    np.fill_diagonal(scores, -np.inf)
+    nearest = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    per: dict[str, list[float]] = {}
+    for row, cell in enumerate(ids.tolist()):
+        dataset, label = meta[cell]
+        for j in nearest[row]:
+            per.setdefault(dataset, []).append(float(meta[int(ids[j])][1] == label))
+    return {d: float(np.mean(v)) for d, v in per.items()}
 
 
 def test_neighbors__sql_label_agreement_per_dataset(vec_store: Store) -> None:
@@ -36,8 +57,10 @@ def test_neighbors__sql_label_agreement_per_dataset(vec_store: Store) -> None:
         "FROM knn3 k JOIN cell_meta m ON m.cell_id = k.cell_id "
         "JOIN cell_meta n ON n.cell_id = k.neighbor_id GROUP BY ALL ORDER BY ALL"
     ).rows
-    assert [r[0] for r in res] == ["bm", "lmu"]
-    assert all(0.0 <= r[1] <= 1.0 for r in res)
+    want = _brute_label_agreement(vec_store, 3)
+    assert [r[0] for r in res] == ["bm", "lmu"] == sorted(want)
+    for dataset, agreement in res:
+        assert agreement == pytest.approx(want[dataset], abs=1e-12)
 
 
 def test_neighbors__replaces_its_own_table(vec_store: Store) -> None:
