@@ -34,6 +34,7 @@ def test_mil__oof_tables_report_and_attention_on_planted_cells(
         "FROM patient_predictions WHERE head = 'ab'"
     ).rows[0]
     assert pp[0] == 20 and pp[1] == 4
+    assert pp[2] == round(report["pooled"]["accuracy"] * 20)  # the rows are the OOF
     # each patient's attention comes from the fold that tested it
     mismatch = store.sql(
         "SELECT count(*) FROM attention a JOIN patient_predictions p "
