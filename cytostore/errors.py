@@ -35,6 +35,8 @@ __all__ = [
     "NotInStoreError",
     "QueryRefusedError",
     "QueryTimeoutError",
+    "UnknownDatasetError",
+    "RelocationRefusedError",
 ]
 
 
@@ -156,3 +158,14 @@ class NotInStoreError(CytostoreError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownDatasetError(InvalidArgumentError, KeyError):
+    """A dataset name is not in the store's ``datasets`` table."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class RelocationRefusedError(CytostoreError):
+    """``relocate`` found the sampled images missing or different in the new folder."""

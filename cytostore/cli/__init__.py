@@ -13,6 +13,7 @@ from cytostore.cli.explain import explain
 from cytostore.cli.export import export
 from cytostore.cli.info import info
 from cytostore.cli.ingest import ingest
+from cytostore.cli.maintenance import gc, ls, relocate, verify
 from cytostore.cli.merge import merge
 from cytostore.cli.mil import mil
 from cytostore.cli.models import models
@@ -58,8 +59,10 @@ for _command in (
     embed,
     explain,
     export,
+    gc,
     info,
     ingest,
+    ls,
     merge,
     mil,
     models,
@@ -67,9 +70,11 @@ for _command in (
     predict,
     pretrain,
     probe,
+    relocate,
     search,
     sql,
     synth,
     tag,
+    verify,
 ):
     main.add_command(_command)

@@ -21,6 +21,9 @@ from cytostore.store import Store
 def info(store: Path, fmt: str) -> None:
     """Summarise a store: datasets, cells, patients, skipped files, models, heads.
 
+    'cytostore ls STORE' lists the models, embedding sets, heads and tables with
+    their sizes and disk use.
+
     \b
     Example:
         cytostore info demo-store
@@ -36,5 +39,6 @@ def info(store: Path, fmt: str) -> None:
     click.echo(
         f"\n{summary['cells']} cells, {summary['patients']} patients, "
         f"{summary['skipped']} skipped; {summary['models']} models, "
-        f"{summary['embedding_sets']} embedding sets, {summary['heads']} heads"
+        f"{summary['embedding_sets']} embedding sets, {summary['heads']} heads "
+        f"(sizes and disk use: cytostore ls {store})"
     )

@@ -48,6 +48,8 @@ def test_models_cli__table(model_store: Path) -> None:
         "final_loss",
         "knn_accuracy",
         "created",
+        "cells",
+        "disk_bytes",
     ]
     assert lines[2].split()[:7] == [
         "baseline",
