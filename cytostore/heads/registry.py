@@ -47,7 +47,7 @@ from cytostore.heads.abmil import ABMILHead
 from cytostore.heads.knn import KNNHead
 from cytostore.heads.linear import LinearProbe
 from cytostore.heads.mlp import MLPHead
-from cytostore.store import Store, write_head_row
+from cytostore.store import Store, record_tree, write_head_row
 from cytostore.store.faults import fault_point
 from cytostore.store.paths import resolve_inside
 
@@ -283,6 +283,7 @@ def save_head(
             report=report_doc,
             weights_sha256=meta["weights_sha256"],
         )
+        record_tree(store, f"{HEADS_DIR}/{name}", "head", name)
     fault_point("head.registered")
     shutil.rmtree(old, ignore_errors=True)
     return final
