@@ -172,7 +172,7 @@ def test_pretrain__vanished_files_are_skipped_and_training_goes_on(
     assert store.sql("SELECT count(*) FROM skipped").rows[0][0] == 3
 
 
-def test_pretrain__balanced_run_trains_on_every_dataset(store: Store) -> None:
+def test_pretrain__unbalanced_run_trains_on_every_dataset(store: Store) -> None:
     card = pretrain(store, "m", epochs=1, balance="none", monitor_cells=0, **FAST)
     assert card.data == {"a": 90, "b": 30}
     assert card.extra["config"]["balance"] == "none"

@@ -231,9 +231,15 @@ def test_vectors__reader_waits_then_reports_busy_catalog(
     assert Store.open(vec_store.root).vectors()[0].size == 300
 
 
-def test_vectors__doc_example_cosine_rows_are_unit(tmp_path: Path) -> None:
+def test_vectors__cosine_rows_are_unit_and_l2_rows_as_given(tmp_path: Path) -> None:
     store = Store.create(tmp_path / "s")
     es = store.create_embedding_set("m", 3, metric="l2")
     with store.vector_writer(es) as w:
         w.append([7], [[3.0, 0.0, 4.0]])
     assert store.vectors("m")[1].tolist() == [[3.0, 0.0, 4.0]]
+    cos = store.create_embedding_set("c", 3)  # metric cosine, the default
+    with store.vector_writer(cos) as w:
+        w.append([7, 8], [[3.0, 0.0, 4.0], [0.0, 2.0, 0.0]])
+    rows = np.asarray(store.vectors("c")[1])
+    np.testing.assert_allclose(rows, [[0.6, 0.0, 0.8], [0.0, 1.0, 0.0]], atol=1e-7)
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-6)
