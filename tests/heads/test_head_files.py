@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 import pickle
+import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -231,3 +234,24 @@ def test_load_head__refuses_a_head_whose_model_weights_changed(tmp_path: Path) -
     assert "\n" not in message
     head, _ = load_head(store, "h", check_weights=False)
     assert head.k == 3
+
+
+def test_load_head__old_release_head_names_the_retrain_command_that_works(
+    tmp_path: Path,
+) -> None:
+    fixture = ROOT / "tests" / "fixtures" / "store_v0"
+    root = Path(shutil.copytree(fixture, tmp_path / "old"))
+    with gzip.open(root / "catalog.duckdb.gz", "rb") as src:
+        (root / "catalog.duckdb").write_bytes(src.read())
+    (root / "catalog.duckdb.gz").unlink()
+    store = Store.open(root)
+    with pytest.raises(PickledHeadError) as err:
+        load_head(store, "lin")
+    command = str(err.value).split("retrain it with ", 1)[1]
+    assert command == (
+        f"cytostore probe {root} --model rand --kind linear --label dataset --name lin"
+    )
+    result = CliRunner().invoke(main, shlex.split(command)[1:])
+    assert result.exit_code == 0, result.output
+    assert not (root / "heads" / "lin" / "head.pkl").exists()
+    assert predict(store, "lin")["n_predicted"] == 63
