@@ -17,8 +17,10 @@ from vec_helpers import random_vectors
 from cytostore.errors import HasDependentsError, InvalidArgumentError, NotInStoreError
 from cytostore.store import Store
 from cytostore.store.index import index_path
-from cytostore.store.remove import TRASH_MARK, remove
+from cytostore.store.remove import remove
+from cytostore.store.trash import TRASH_MARK
 from cytostore.store.vectors import ids_path, vector_path
+from cytostore.store.verify import verify
 
 N, DIM, PREP, ROW = 120, 16, "abc123", 2 * 2 * 3
 
@@ -120,6 +122,7 @@ def patient_cells(store: Store, ds: str, pid: str) -> set[int]:
 def check_consistent(store: Store) -> None:
     """Every set: ids unique and catalogued, files exactly n_vectors rows, index ==
     its first n_indexed rows; no trash, no files of unregistered sets."""
+    assert verify(store, grace_s=0).problems == []
     cells = {r[0] for r in store.sql("SELECT cell_id FROM cells").rows}
     registered = set()
     for es in store.embedding_sets():
