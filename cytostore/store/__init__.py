@@ -1,9 +1,10 @@
 """The on-disk store: DuckDB catalog, vectors, FAISS indexes, search, SQL, export."""
 
-from cytostore.store.catalog import CATALOG_FILE, CELL_COLUMNS, QueryResult, Store
+from cytostore.store.catalog import CATALOG_FILE, CELL_COLUMNS, Catalog, QueryResult
 from cytostore.store.checksums import forget_files, record_file, record_tree
 from cytostore.store.paths import is_inside, resolve_inside
 from cytostore.store.sandbox import check_query, parse_where
+from cytostore.store.store import Store
 from cytostore.store.vectors import EmbeddingSet, VectorWriter
 from cytostore.store.writers import (
     delete_head_row,
@@ -18,6 +19,7 @@ from cytostore.store.writers import (
 __all__ = [
     "CATALOG_FILE",
     "CELL_COLUMNS",
+    "Catalog",
     "EmbeddingSet",
     "QueryResult",
     "Store",

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import duckdb
 import numpy as np
@@ -42,10 +42,8 @@ from cytostore.store.sandbox import (
     interrupt_after,
     parse_where,
 )
-from cytostore.store.search import SearcherCache
-from cytostore.store.vector_api import VectorMethods
 
-__all__ = ["Store", "QueryResult", "CATALOG_FILE", "CELL_COLUMNS"]
+__all__ = ["Catalog", "QueryResult", "CATALOG_FILE", "CELL_COLUMNS", "safe_identifier"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,13 +129,13 @@ def safe_identifier(name: str) -> str:
     return name
 
 
-class Store(VectorMethods):
-    """A cytostore store on disk: the catalog and its vectors, indexes and models.
+class Catalog:
+    """The catalog of a store: connections, transactions, migrations and SQL.
 
-    Embedding sets, vectors, search and indexes come from
-    :class:`~cytostore.store.vector_api.VectorMethods`.
-
-    Use :meth:`open` (or :meth:`create`) rather than the constructor.
+    The low floor of the store: every module of ``cytostore.store`` that reads or
+    writes catalog rows works on a :class:`Catalog`; :class:`~cytostore.store.Store`
+    builds on it with embedding sets, search, indexes and tags. Use
+    :meth:`open` (or :meth:`create`) rather than the constructor.
 
     Attributes:
         root: The store folder.
@@ -145,8 +143,8 @@ class Store(VectorMethods):
 
     Examples:
         >>> import tempfile
-        >>> store = Store.create(tempfile.mkdtemp() + "/s")
-        >>> store.sql("SELECT count(*) AS n FROM cells").rows
+        >>> catalog = Catalog.create(tempfile.mkdtemp() + "/s")
+        >>> catalog.sql("SELECT count(*) AS n FROM cells").rows
         [(0,)]
     """
 
@@ -156,7 +154,6 @@ class Store(VectorMethods):
             _busy_timeout_s() if busy_timeout_s is None else busy_timeout_s
         )
         self._local = threading.local()
-        self._searchers = SearcherCache()
 
     # ------------------------------------------------------------------ opening
     @property
@@ -165,7 +162,7 @@ class Store(VectorMethods):
         return self.root / CATALOG_FILE
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str]) -> Store:
+    def create(cls, path: str | os.PathLike[str]) -> Self:
         """Open the store at ``path``, creating the folder and catalog if missing.
 
         Returns:
@@ -178,7 +175,7 @@ class Store(VectorMethods):
         return store
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], create: bool = False) -> Store:
+    def open(cls, path: str | os.PathLike[str], create: bool = False) -> Self:
         """Open an existing store (or create one with ``create=True``).
 
         Returns:
@@ -787,65 +784,6 @@ class Store(VectorMethods):
             finally:
                 con.unregister("_incoming_patients")
             self._refresh_views(con)
-
-    def add_tags(
-        self,
-        where: str | None,
-        tags: Sequence[str],
-        *,
-        ids: Sequence[int] | None = None,
-    ) -> int:
-        """Tag the cells ``where`` selects; see :func:`cytostore.store.tags.add_tags`.
-
-        Returns:
-            The number of (cell, tag) pairs added.
-
-        Examples:
-            >>> import tempfile
-            >>> store = Store.create(tempfile.mkdtemp() + "/s")
-            >>> store.add_cells([{"dataset": "d", "path": "a.png", "label": "BLA"}])
-            array([1])
-            >>> store.add_tags("label = 'BLA'", ["review"])
-            1
-            >>> store.sql("SELECT cell_id, tags FROM cell_meta").rows
-            [(1, ['review'])]
-        """
-        from cytostore.store.tags import add_tags
-
-        return add_tags(self, where, tags, ids=ids)
-
-    def tag(
-        self,
-        where: str | None,
-        add: Sequence[str] = (),
-        remove: Sequence[str] = (),
-        *,
-        ids: Sequence[int] | None = None,
-    ) -> dict[str, int]:
-        """Add and remove tags in one go; see :func:`cytostore.store.tags.tag`.
-
-        Returns:
-            ``{"cells", "added", "removed"}`` counts.
-        """
-        from cytostore.store.tags import tag
-
-        return tag(self, where, add, remove, ids=ids)
-
-    def remove_tags(
-        self,
-        where: str | None,
-        tags: Sequence[str],
-        *,
-        ids: Sequence[int] | None = None,
-    ) -> int:
-        """Untag cells; see :func:`cytostore.store.tags.remove_tags`.
-
-        Returns:
-            The number of (cell, tag) pairs removed.
-        """
-        from cytostore.store.tags import remove_tags
-
-        return remove_tags(self, where, tags, ids=ids)
 
     def refresh_views(self) -> None:
         """Recreate ``cell_meta`` after a schema change of ``cells`` or ``patients``."""

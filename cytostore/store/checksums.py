@@ -30,7 +30,7 @@ from cytostore.errors import InvalidArgumentError
 from cytostore.store.paths import resolve_inside
 
 if TYPE_CHECKING:
-    from cytostore.store.catalog import Store
+    from cytostore.store.catalog import Catalog as Store
 
 __all__ = [
     "APPEND_ONLY_KINDS",

@@ -24,7 +24,7 @@ from cytostore.store.faults import fault_point
 from cytostore.store.vectors import EmbeddingSet, list_sets, read_vectors
 
 if TYPE_CHECKING:
-    from cytostore.store.catalog import Store
+    from cytostore.store.catalog import Catalog as Store
 
 __all__ = ["export", "embeddings_file_name"]
 

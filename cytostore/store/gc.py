@@ -38,7 +38,7 @@ from cytostore.store.checksums import expected_files, file_records, forget_files
 from cytostore.store.paths import is_inside
 
 if TYPE_CHECKING:
-    from cytostore.store.catalog import Store
+    from cytostore.store.catalog import Catalog as Store
 
 __all__ = ["GC_GRACE_S", "GcReport", "gc", "stale_temporaries", "writer_holds"]
 

@@ -31,7 +31,7 @@ from cytostore.store.vectors import EmbeddingSet, get_set, ids_path, vector_path
 if TYPE_CHECKING:
     import faiss
 
-    from cytostore.store.catalog import Store
+    from cytostore.store.catalog import Catalog as Store
 
 __all__ = [
     "build_index",

@@ -15,7 +15,7 @@ from cytostore.store.paths import resolve_inside
 from cytostore.store.vectors import ids_path, list_sets, vector_path
 
 if TYPE_CHECKING:
-    from cytostore.store.catalog import Store
+    from cytostore.store.catalog import Catalog as Store
 
 __all__ = ["GROUPS", "MODEL_COLUMNS", "ls", "list_models"]
 

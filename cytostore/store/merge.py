@@ -33,7 +33,7 @@ from cytostore.store.vectors import (
 )
 
 if TYPE_CHECKING:
-    from cytostore.store.catalog import Store
+    from cytostore.store.catalog import Catalog as Store
 
 __all__ = ["merge", "parse_shard"]
 

@@ -23,7 +23,7 @@ from cytostore.store.faults import fault_point
 from cytostore.store.search import Searcher
 
 if TYPE_CHECKING:
-    from cytostore.store.catalog import Store
+    from cytostore.store.catalog import Catalog as Store
 
 __all__ = ["neighbors"]
 

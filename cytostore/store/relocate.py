@@ -25,7 +25,7 @@ from cytostore.store.checksums import sha256_file
 from cytostore.store.paths import resolve_inside
 
 if TYPE_CHECKING:
-    from cytostore.store.catalog import Store
+    from cytostore.store.catalog import Catalog as Store
 
 __all__ = ["relocate"]
 

@@ -48,7 +48,7 @@ from cytostore.store.vectors import (
 )
 
 if TYPE_CHECKING:
-    from cytostore.store.catalog import Store
+    from cytostore.store.catalog import Catalog as Store
 
 __all__ = ["search", "Searcher", "SearcherCache"]
 
@@ -523,6 +523,7 @@ def search(
     where: str | None = None,
     set_or_model: str | int | None = None,
     include_self: bool = False,
+    cache: SearcherCache | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """Return the ``k`` nearest cells to a vector, a batch of vectors, or a cell.
 
@@ -535,6 +536,8 @@ def search(
             and the answer is the exact top-k within them for exact indexes.
         set_or_model: Set id or model name (``None``: the store's only set).
         include_self: For a cell query, keep the cell itself among the hits.
+        cache: Loaded sets to reuse (a :class:`~cytostore.store.Store` passes its
+            own); ``None`` loads the set for this call.
 
     Returns:
         ``(distances, ids)``, float32 and int64, each ``(nq, k)``, best first:
@@ -549,7 +552,9 @@ def search(
     """
     if int(k) < 1:
         raise InvalidArgumentError(f"k must be >= 1, got {k}")
-    searcher = store.searcher(set_or_model, where)
+    searcher = (cache if cache is not None else SearcherCache()).get(
+        store, set_or_model, where
+    )
     if isinstance(query, int | np.integer):
         q = searcher.vector_of([int(query)])
         exclude = None if include_self else np.asarray([int(query)], np.int64)

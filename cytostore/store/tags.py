@@ -19,7 +19,7 @@ import numpy.typing as npt
 from cytostore.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
-    from cytostore.store.catalog import Store
+    from cytostore.store.catalog import Catalog as Store
 
 __all__ = ["tag", "add_tags", "remove_tags", "check_tag", "MAX_TAG_CHARS"]
 

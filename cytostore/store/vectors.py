@@ -38,7 +38,7 @@ from cytostore.store.checksums import PrefixHasher, forget_files, record_file
 from cytostore.store.faults import fault_point
 
 if TYPE_CHECKING:
-    from cytostore.store.catalog import Store
+    from cytostore.store.catalog import Catalog as Store
 
 __all__ = [
     "EmbeddingSet",

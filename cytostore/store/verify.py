@@ -47,7 +47,7 @@ from cytostore.store.paths import resolve_inside
 from cytostore.store.vectors import EmbeddingSet, ids_path, list_sets, vector_path
 
 if TYPE_CHECKING:
-    from cytostore.store.catalog import Store
+    from cytostore.store.catalog import Catalog as Store
 
 __all__ = ["Problem", "VerifyReport", "verify"]
 

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from cytostore.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
-    from cytostore.store.catalog import Store
+    from cytostore.store.catalog import Catalog as Store
 
 __all__ = [
     "write_model_row",
