@@ -17,19 +17,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import pytorch_lightning as pl
 
 from cytostore.embedder.augment import AugmentConfig
 from cytostore.embedder.backbones import BACKBONES, build_backbone
 from cytostore.embedder.cache import build_cache
 from cytostore.embedder.card import ModelCard
 from cytostore.embedder.device import tune_allocator
-from cytostore.embedder.methods import METHODS, build_method
-from cytostore.embedder.monitor import TrainingHistory, write_curves
 from cytostore.embedder.preprocess import DEFAULT_FOV_UM, Preprocessing
 from cytostore.embedder.registry import (
     model_dir,
@@ -37,10 +34,14 @@ from cytostore.embedder.registry import (
     register_random_model,
 )
 from cytostore.embedder.sampling import BALANCES
-from cytostore.embedder.train import TrainConfig, train_ssl, unwrap_backbone
 from cytostore.errors import EmptySelectionError, InvalidArgumentError
 from cytostore.store import Store
 from cytostore.store.faults import fault_point
+
+if TYPE_CHECKING:  # Lightning and lightly load in pretrain(): embed never needs them
+    import pytorch_lightning as pl
+
+    from cytostore.embedder.monitor import TrainingHistory
 
 __all__ = [
     "pretrain",
@@ -57,7 +58,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Methods ``pretrain`` accepts: the lightly methods and ``none`` (random init).
-PRETRAIN_METHODS = (*METHODS, "none")
+#: (The lightly methods of ``cytostore.embedder.methods.METHODS``, named here so that
+#: importing the embedder does not load lightly; a test checks they agree.)
+PRETRAIN_METHODS = ("simclr", "byol", "dino", "vicreg", "barlowtwins", "moco", "none")
 #: The default CPU recipe (see docs/recipes.md for the measurements behind it).
 DEFAULT_METHOD = "simclr"
 DEFAULT_BACKBONE = "tiny"
@@ -161,6 +164,10 @@ def pretrain(
         ConfigMismatchError: If ``resume`` meets a run of another configuration.
         TrainingDivergedError: If the loss becomes NaN (last checkpoint kept).
     """
+    from cytostore.embedder.methods import build_method
+    from cytostore.embedder.monitor import TrainingHistory, write_curves
+    from cytostore.embedder.train import TrainConfig, train_ssl, unwrap_backbone
+
     started = time.monotonic()
     _validate(method, backbone, balance, epochs, max_minutes, batch_size)
     tune_allocator()  # reuse freed activation memory (glibc), see its docs
