@@ -474,6 +474,9 @@ def ingest(
 ) -> IngestReport:
     """Find the datasets under ``path`` and catalogue their cells in ``store``.
 
+    A store folder this call creates is removed again if the call fails before
+    any cell is committed, so a failed first ingest leaves no store behind.
+
     Args:
         store: A :class:`~cytostore.store.Store` or a folder (created if missing).
         path: Folder holding one or more datasets at any depth, or a ``.zip``
@@ -491,9 +494,6 @@ def ingest(
 
     Returns:
         Per-dataset counts (found, added, existing, skipped, expected) and warnings.
-
-    A store folder this call creates is removed again if the call fails before
-    any cell is committed, so a failed first ingest leaves no store behind.
 
     Raises:
         InvalidArgumentError: If ``path`` does not exist, is empty, or an option is
