@@ -48,4 +48,13 @@ cs predict "$S" --head bm-linear --where "dataset = 'mll_helmholtz'"
 cs sql "$S" "WITH per_patient AS (SELECT m.patient_id, m.bag_label, avg((pr.label IN ('BLA', 'PMO'))::INT) AS blast_fraction FROM predictions pr JOIN cell_meta m USING (cell_id) WHERE pr.head = 'bm-linear' AND m.dataset = 'mll_helmholtz' GROUP BY ALL) SELECT pp.bag_label AS subtype, count(*) AS patients, round(avg(pp.blast_fraction), 3) AS predicted_blast_fraction, round(avg((mil.label = pp.bag_label)::INT), 3) AS mil_out_of_fold_accuracy, round(avg(mil.probability), 3) AS mil_confidence FROM per_patient pp JOIN patient_predictions mil ON mil.patient_id = pp.patient_id AND mil.head = 'subtype' GROUP BY pp.bag_label ORDER BY pp.bag_label"
 cs export "$S" "$DEMO/parquet"
 
+step "9. tags, and keeping the store whole: list, check, tidy"
+cs tag "$S" --where "dataset = 'bm' AND label = 'BLA'" --add review
+cs search "$S" --model tiny-simclr --cell 1 -k 3 --where "list_contains(tags, 'review')"
+cs ls "$S"
+cs verify "$S"
+cs gc "$S" --dry-run
+# User SQL is sandboxed: this is refused (exit 2) and changes nothing.
+cs sql "$S" "COPY cells TO 'elsewhere.csv'" || echo "(refused, as it should be)" >&2
+
 printf '\nDemo done. Pictures: %s/search.png, %s/explain.png, %s/heads/*/confusion.png, %s/models/*/curves.png\n' "$DEMO" "$DEMO" "$S" "$S" >&2
