@@ -21,6 +21,7 @@ from cytostore.cli.neighbors import neighbors
 from cytostore.cli.predict import predict
 from cytostore.cli.pretrain import pretrain
 from cytostore.cli.probe import probe
+from cytostore.cli.rm import rm
 from cytostore.cli.search import search
 from cytostore.cli.sql import sql
 from cytostore.cli.synth import synth
@@ -71,6 +72,7 @@ for _command in (
     pretrain,
     probe,
     relocate,
+    rm,
     search,
     sql,
     synth,
