@@ -107,7 +107,7 @@ def rm(
         cytostore rm demo-store model random-tiny --cascade
     """  # noqa: D301 - click needs the \b character
     from cytostore.store import Store
-    from cytostore.store.remove import remove
+    from cytostore.store import remove
 
     report = remove(
         Store.open(store),

@@ -3,6 +3,7 @@
 from cytostore.store.catalog import CATALOG_FILE, CELL_COLUMNS, Catalog, QueryResult
 from cytostore.store.checksums import forget_files, record_file, record_tree
 from cytostore.store.paths import is_inside, resolve_inside
+from cytostore.store.remove import remove
 from cytostore.store.sandbox import check_query, parse_where
 from cytostore.store.store import Store
 from cytostore.store.vectors import EmbeddingSet, VectorWriter
@@ -27,6 +28,7 @@ __all__ = [
     "forget_files",
     "record_file",
     "record_tree",
+    "remove",
     "check_query",
     "is_inside",
     "parse_where",
