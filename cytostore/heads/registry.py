@@ -47,9 +47,8 @@ from cytostore.heads.abmil import ABMILHead
 from cytostore.heads.knn import KNNHead
 from cytostore.heads.linear import LinearProbe
 from cytostore.heads.mlp import MLPHead
-from cytostore.store import Store, record_tree, write_head_row
+from cytostore.store import Store, record_tree, resolve_inside, write_head_row
 from cytostore.store.faults import fault_point
-from cytostore.store.paths import resolve_inside
 
 __all__ = [
     "HEADS_DIR",
