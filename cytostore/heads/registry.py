@@ -220,8 +220,7 @@ def save_head(
 
     Raises:
         InvalidArgumentError: If the name is invalid or the estimator is not a head.
-        StoreWriteError: Never directly; an ``OSError`` while writing leaves the
-            previous head in place.
+        OSError: If a file cannot be written (the previous head stays in place).
     """
     final = head_dir(store, name)
     if type(estimator).__name__ not in HEAD_CLASSES:
