@@ -680,9 +680,13 @@ class Catalog:
                         "ON c.dataset = q.dataset AND c.path = q.path"
                     ).fetchall()
                 )
+                # Ids are never reused: past the highest id ever given out (a
+                # removed patient's ids stay retired), not just past max(cell_id).
                 next_id = int(
                     con.execute(
-                        "SELECT coalesce(max(cell_id), 0) FROM cells"
+                        "SELECT greatest(coalesce((SELECT max(cell_id) FROM cells), "
+                        "0), coalesce((SELECT value FROM id_counters "
+                        "WHERE name = 'cell_id'), 0))"
                     ).fetchall()[0][0]
                 )
                 ids: list[int] = []
@@ -700,6 +704,10 @@ class Catalog:
                     new.append(r)
                 if new:
                     _insert_cells(con, new_ids, new)
+                    con.execute(
+                        "INSERT OR REPLACE INTO id_counters VALUES ('cell_id', ?)",
+                        [next_id],
+                    )
                     if con.execute("SELECT count(*) FROM skipped").fetchall()[0][0]:
                         con.execute(
                             "DELETE FROM skipped s USING _incoming_keys q "

@@ -161,6 +161,11 @@ CREATE TABLE tags (
 );
 """
 
+_M034_ID_HIGH_WATER = """
+CREATE TABLE id_counters (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL);
+INSERT INTO id_counters SELECT 'cell_id', coalesce(max(cell_id), 0) FROM cells;
+"""
+
 MIGRATIONS: list[Migration] = [
     (1, "m001_catalog", _M001_CATALOG),
     (2, "m002_models_heads_predictions", _M002_LATER_FLOORS),
@@ -170,4 +175,5 @@ MIGRATIONS: list[Migration] = [
     (31, "m031_head_weights", _M031_HEAD_WEIGHTS),
     (32, "m032_files_checksums", _M032_FILES),
     (33, "m033_tags", _M033_TAGS),
+    (34, "m034_cell_id_high_water", _M034_ID_HIGH_WATER),
 ]

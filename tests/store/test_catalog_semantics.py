@@ -166,3 +166,15 @@ def test_transaction__store_is_usable_after_a_rollback(tmp_path: Path) -> None:
             raise ValueError("boom")
     assert store.add_cells(_cells(1)).tolist() == [1]  # the id was not used up
     assert store.sql("SELECT count(*) FROM cells").rows == [(1,)]
+
+
+def test_add_cells__ids_of_removed_cells_are_never_given_out_again(
+    tmp_store: Store,
+) -> None:
+    rows = [{"dataset": "d", "path": f"{i}.png"} for i in range(3)]
+    assert tmp_store.add_cells(rows).tolist() == [1, 2, 3]
+    with tmp_store.transaction() as con:  # as `rm patient` does
+        con.execute("DELETE FROM cells WHERE cell_id = 3")
+    again = tmp_store.add_cells([{"dataset": "d", "path": "new.png"}])
+    assert again.tolist() == [4]
+    assert tmp_store.add_cells(rows[:2]).tolist() == [1, 2]  # re-ingest: no-op
