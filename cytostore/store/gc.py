@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from cytostore.store.checksums import expected_files, file_records, forget_files
 from cytostore.store.paths import is_inside
+from cytostore.store.trash import TRASH_PATTERN
 
 if TYPE_CHECKING:
     from cytostore.store.catalog import Catalog as Store
@@ -121,6 +122,8 @@ def _age_s(path: Path, now: float) -> float:
 
 def _is_temporary(path: Path) -> bool:
     name = path.name
+    if TRASH_PATTERN.match(name):  # what an interrupted `rm` left to delete
+        return True
     if path.is_dir() and not path.is_symlink():
         return name.startswith(".") and ".tmp-" in name
     return name.endswith(".tmp")
@@ -162,7 +165,8 @@ def stale_temporaries(
     """
     now = time.time()
     out: list[tuple[Path, str]] = []
-    for top in (*_ARTEFACT_DIRS, "cache"):
+    # sources/: zips ingest extracts into ``.<name>.tmp-<pid>`` before renaming.
+    for top in (*_ARTEFACT_DIRS, "cache", "sources"):
         for path in _walk(store.root / top):
             if not _is_temporary(path):
                 continue

@@ -90,3 +90,19 @@ def test_gc__drops_checksum_rows_of_removed_objects(vec_store: Store) -> None:
     assert gc(vec_store, dry_run=True).records == 1
     assert gc(vec_store).records == 1
     assert gc(vec_store).records == 0
+
+
+def test_gc__removes_rm_trash_and_ingest_extraction_leftovers(tmp_store: Store) -> None:
+    from cytostore.store.gc import gc
+
+    trash = tmp_store.root / "heads" / ".h.trash-0123abcd"
+    trash.mkdir(parents=True)
+    (trash / "head.npz").write_bytes(b"x" * 10)
+    extracted = tmp_store.root / "sources" / ".lmu.tmp-4242"
+    extracted.mkdir(parents=True)
+    (extracted / "a.tif").write_bytes(b"y" * 5)
+    keep = tmp_store.root / "sources" / "lmu"
+    keep.mkdir()
+    report = gc(tmp_store, grace_s=0)
+    assert not trash.exists() and not extracted.exists() and keep.is_dir()
+    assert report.bytes >= 15
