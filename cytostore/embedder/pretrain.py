@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from cytostore.embedder.augment import AugmentConfig
 from cytostore.embedder.backbones import BACKBONES, build_backbone
@@ -237,9 +238,11 @@ def pretrain(
         "label_column": label_column,
     }
     module, dim = build_backbone(backbone, init, crop_px=crop_px, seed=seed)
-    ssl = build_method(
-        method, module, dim, gather_distributed=_world(devices, num_nodes) > 1
-    )
+    with torch.random.fork_rng(devices=[]):  # the heads' init follows --seed too
+        torch.manual_seed(seed)
+        ssl = build_method(
+            method, module, dim, gather_distributed=_world(devices, num_nodes) > 1
+        )
     monitor_u8 = cache.rows(present[monitor_idx]) if len(monitor_idx) else None
     history = TrainingHistory(
         monitor_u8,
