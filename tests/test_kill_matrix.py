@@ -134,12 +134,12 @@ def reference(clean_embedded: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 EMBED_POINTS = [
-    pytest.param("embed.before_append", marks=pytest.mark.slow),  # nothing written
+    "embed.before_append",  # batches embedded, nothing written
     "vectors.before_commit",  # rows and ids on disk, catalog not committed
-    pytest.param("vectors.after_commit", marks=pytest.mark.slow),  # no index yet
+    "vectors.after_commit",  # rows committed, index not touched
     "embed.before_index",  # writer closed, index not updated
     "index.before_replace",  # new index in its temp file
-    pytest.param("index.before_catalog", marks=pytest.mark.slow),  # n_indexed old
+    "index.before_catalog",  # new index in place, n_indexed not recorded
 ]
 
 
@@ -302,14 +302,10 @@ def clean_pretrained(
 # trains no more and registers the checkpointed run unchanged)
 PRETRAIN_POINTS = [
     ("pretrain.after_checkpoint", False),  # epoch 1 checkpointed
-    pytest.param(
-        "pretrain.before_checkpoint_replace:2", False, marks=pytest.mark.slow
-    ),  # epoch 2 in .tmp only
+    ("pretrain.before_checkpoint_replace:2", False),  # epoch 2 in .tmp only
     ("pretrain.before_register", True),  # trained, nothing registered
     ("register.after_weights", True),  # backbone.pt written, no card, no row
-    pytest.param(
-        "register.after_card", True, marks=pytest.mark.slow
-    ),  # weights and card written, no catalog row
+    ("register.after_card", True),  # weights and card, no catalog row
 ]
 
 
