@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cytostore.errors import ConfigMismatchError, UnknownEmbeddingSetError
+from cytostore.errors import (
+    ConfigMismatchError,
+    StoreBusyError,
+    UnknownEmbeddingSetError,
+)
 from cytostore.store.checksums import forget_files
 from cytostore.store.faults import fault_point
 from cytostore.store.index import build_index, index_path
 from cytostore.store.locks import file_lock
+from cytostore.store.trash import finish_interrupted, rm_lock
 from cytostore.store.vectors import (
     EmbeddingSet,
     VectorWriter,
@@ -200,28 +203,19 @@ def _report(
 
 
 def _remove_dropped_files(store: Store) -> None:
-    """Delete vector, ids, lock and index files of set ids the catalog does not list.
+    """Delete files of set ids the catalog does not list (a killed merge's shards).
 
-    Files are listed before the catalog is read: a set's row is committed before
-    its files are created, so a file seen here whose set is not in the catalog
-    belongs to a dropped set, never to one being created.
+    Done by :func:`~cytostore.store.trash.finish_interrupted` under the store's
+    ``rm`` lock, which a withdrawal holds while its new set files are not yet
+    registered; while an ``rm`` runs this is skipped (it finishes leftovers itself).
     """
-    pattern = re.compile(r"^(\d+)\.(f32|f16|ids|lock|faiss)$")
-    found: list[tuple[int, Path]] = []
-    for folder in (store.root / "vectors", store.root / "indexes"):
-        if folder.is_dir():
-            for path in folder.iterdir():
-                m = pattern.match(path.name)
-                if m and path.is_file():
-                    found.append((int(m.group(1)), path))
-    if not found:
+    try:
+        with rm_lock(store):
+            done = finish_interrupted(store)
+    except StoreBusyError:
         return
-    live = {s.set_id for s in list_sets(store)}
-    for set_id, path in found:
-        if set_id not in live:
-            logger.info("removing %s of a dropped set", path)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+    if done:
+        logger.info("removed %d files of dropped sets: %s", len(done), done)
 
 
 def _same_weights(shards: list[EmbeddingSet], full: EmbeddingSet | None) -> str | None:
