@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ def _cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m cytostore ARGS`` in a child, dying at ``fault`` if given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CYTOSTORE_FAULT")}
+    env["OMP_NUM_THREADS"] = "1"  # as in this process (see _one_torch_thread)
     if fault is not None:
         env["CYTOSTORE_FAULT"] = fault
     return subprocess.run(
@@ -45,6 +47,18 @@ def _cli(
         timeout=300,
         check=False,
     )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """One torch thread here and in the children: bit-equal results need the same
+    thread count on both sides (and other test modules may leave it at 1)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _kill(args: list[str | Path], fault: str) -> None:
