@@ -136,13 +136,13 @@ def exact_search(scratch: Path, n: int, nq: int, min_s: float) -> dict[str, Any]
     raw = faiss.IndexFlatIP(DIM)
     raw.add(np.ascontiguousarray(x))
     q = _unit(np.random.default_rng(7).standard_normal((nq, DIM)))
-    store.search(q[:1], k=10, set_or_model="flat")  # load the index once
+    store.search(q[:1], k=10, model="flat")  # load the index once
     ts, tb = _alternate(
-        lambda: store.search(q, k=10, set_or_model="flat"),
+        lambda: store.search(q, k=10, model="flat"),
         lambda: raw.search(q, 10),
         min_s,
     )
-    _, got = store.search(q, k=10, set_or_model="flat")
+    _, got = store.search(q, k=10, model="flat")
     _, want = raw.search(q, 10)
     agree = float(np.mean(got == ids[want]))
     # Single-query latency, 5% filter vs none.
@@ -153,11 +153,11 @@ def exact_search(scratch: Path, n: int, nq: int, min_s: float) -> dict[str, Any]
     for i in range(len(q1)):
         for w, out in ((None, lat_u), (where, lat_f)):
             t0 = time.perf_counter()
-            store.search(q1[i], k=10, where=where if w else None, set_or_model="flat")
+            store.search(q1[i], k=10, where=where if w else None, model="flat")
             out.append(time.perf_counter() - t0)
     sub_ids, sub_x = store.vectors("flat", where=where)
     brute = np.argsort(-(q1 @ np.asarray(sub_x).T), axis=1)[:, :10]
-    _, filt = store.search(q1, k=10, where=where, set_or_model="flat")
+    _, filt = store.search(q1, k=10, where=where, model="flat")
     recall = float(
         np.mean(
             [
@@ -195,11 +195,11 @@ def ann(scratch: Path, n: int, nq: int, nq_flat: int, factory: str) -> dict[str,
     t0 = time.perf_counter()
     _, gt_pos = faiss.knn(q[:nq_flat], x, 10, metric=faiss.METRIC_INNER_PRODUCT)
     flat_qps = nq_flat / (time.perf_counter() - t0)
-    store.search(q[:1], k=10, set_or_model="ann")  # load the index once
+    store.search(q[:1], k=10, model="ann")  # load the index once
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
-        _, got = store.search(q, k=10, set_or_model="ann")
+        _, got = store.search(q, k=10, model="ann")
         times.append(time.perf_counter() - t0)
     ann_qps = nq / min(times)
     gt = ids[gt_pos]

@@ -57,7 +57,7 @@ def _neighbours(
     label: str,
     metric: str,
 ) -> list[dict[str, Any]]:
-    sims, ids = st.search(int(cell_id), k, where=where, set_or_model=model)
+    sims, ids = st.search(int(cell_id), k, where=where, model=model)
     hit = ids[0] >= 0
     nn_ids = ids[0][hit]
     dist = _distances(sims[0][hit], metric)

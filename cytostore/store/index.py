@@ -149,7 +149,7 @@ def _mmap(store: Store, es: EmbeddingSet) -> tuple[np.ndarray, np.ndarray]:
 
 def build_index(
     store: Store,
-    set_or_model: str | int | None = None,
+    model: str | int | None = None,
     index: str | None = None,
     *,
     search_params: dict[str, Any] | None = None,
@@ -166,7 +166,7 @@ def build_index(
 
     Args:
         store: The store.
-        set_or_model: The set id or model name (``None``: the only set).
+        model: The set id or model name (``None``: the only set).
         index: A FAISS factory string; ``None`` keeps the set's factory.
         search_params: e.g. ``{"nprobe": 32}`` or ``{"efSearch": 256}``;
             ``None`` keeps the recorded ones, or picks defaults for a new factory.
@@ -184,7 +184,7 @@ def build_index(
         StoreBusyError: If another writer holds the set (an ``embed``, another
             ``build-index``) for longer than the store's busy timeout.
     """
-    es = get_set(store, set_or_model)
+    es = get_set(store, model)
     # The set's lock (the one VectorWriter holds): two index writes of one set,
     # in two processes or two threads, run one after the other.
     busy = (

@@ -79,7 +79,7 @@ class Searcher:
 
     Args:
         store: The store.
-        set_or_model: Set id or model name (``None``: the only set).
+        model: Set id or model name (``None``: the only set).
         where: SQL filter over ``cell_meta`` restricting the candidates.
 
     Attributes:
@@ -98,11 +98,11 @@ class Searcher:
     def __init__(
         self,
         store: Store,
-        set_or_model: str | int | None = None,
+        model: str | int | None = None,
         where: str | None = None,
     ) -> None:
         with store.connect(read_only=True):  # one short catalog visit
-            es = get_set(store, set_or_model)
+            es = get_set(store, model)
             chosen = store.where_ids(where) if where else None
         self._load(store, es)
         self._select(chosen, where)
@@ -433,21 +433,21 @@ class SearcherCache:
     def get(
         self,
         store: Store,
-        set_or_model: str | int | None = None,
+        model: str | int | None = None,
         where: str | None = None,
     ) -> Searcher:
         """Return a searcher over a set, restricted to ``where`` when given.
 
         Args:
             store: The store this cache belongs to.
-            set_or_model: Set id or model name (``None``: the only set).
+            model: Set id or model name (``None``: the only set).
             where: SQL filter over ``cell_meta`` restricting the candidates.
 
         Raises:
             UnknownEmbeddingSetError, InvalidWhereError, EmptySelectionError,
             StoreCorruptError: See :class:`Searcher`.
         """
-        key = None if set_or_model is None else str(set_or_model)
+        key = None if model is None else str(model)
         catalog = _catalog_stamp(store)
         checked_ns = time.time_ns()
         reusable = where is not None and not _VOLATILE.search(where)
@@ -462,7 +462,7 @@ class SearcherCache:
                         self._filtered.move_to_end((key, str(where)))
                         return known[2]
         with store.connect(read_only=True):  # one short catalog visit
-            es = get_set(store, set_or_model)
+            es = get_set(store, model)
             chosen = store.where_ids(where) if where else None
         files = _file_stamp(store, es)
         with self._lock:
@@ -521,7 +521,7 @@ def search(
     k: int = 10,
     *,
     where: str | None = None,
-    set_or_model: str | int | None = None,
+    model: str | int | None = None,
     include_self: bool = False,
     cache: SearcherCache | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
@@ -534,7 +534,7 @@ def search(
         k: Neighbours per query.
         where: SQL filter over ``cell_meta``: only matching cells are candidates,
             and the answer is the exact top-k within them for exact indexes.
-        set_or_model: Set id or model name (``None``: the store's only set).
+        model: Set id or model name (``None``: the store's only set).
         include_self: For a cell query, keep the cell itself among the hits.
         cache: Loaded sets to reuse (a :class:`~cytostore.store.Store` passes its
             own); ``None`` loads the set for this call.
@@ -553,7 +553,7 @@ def search(
     if int(k) < 1:
         raise InvalidArgumentError(f"k must be >= 1, got {k}")
     searcher = (cache if cache is not None else SearcherCache()).get(
-        store, set_or_model, where
+        store, model, where
     )
     if isinstance(query, int | np.integer):
         q = searcher.vector_of([int(query)])

@@ -56,15 +56,13 @@ class Store(Catalog):
         """Return every embedding set, by ``set_id``."""
         return _vectors.list_sets(self)
 
-    def embedding_set(
-        self, set_or_model: str | int | None = None
-    ) -> _vectors.EmbeddingSet:
+    def embedding_set(self, model: str | int | None = None) -> _vectors.EmbeddingSet:
         """Return one set by id, model name (``MODEL@i/n``: a shard), or the only one.
 
         Raises:
             UnknownEmbeddingSetError: If no set (or more than one) matches.
         """
-        return _vectors.get_set(self, set_or_model)
+        return _vectors.get_set(self, model)
 
     def create_embedding_set(
         self,
@@ -95,7 +93,7 @@ class Store(Catalog):
         )
 
     def vector_writer(
-        self, set_or_model: _vectors.EmbeddingSet | str | int | None = None
+        self, model: _vectors.EmbeddingSet | str | int | None = None
     ) -> _vectors.VectorWriter:
         """Return a :class:`~cytostore.store.vectors.VectorWriter` (a context manager).
 
@@ -103,19 +101,19 @@ class Store(Catalog):
             StoreBusyError: If another process writes the same set.
         """
         es = (
-            set_or_model
-            if isinstance(set_or_model, _vectors.EmbeddingSet)
-            else _vectors.get_set(self, set_or_model)
+            model
+            if isinstance(model, _vectors.EmbeddingSet)
+            else _vectors.get_set(self, model)
         )
         return _vectors.VectorWriter(self, es)
 
     def vectors(
-        self, set_or_model: str | int | None = None, where: str | None = None
+        self, model: str | int | None = None, where: str | None = None
     ) -> tuple[npt.NDArray[np.int64], np.ndarray]:
         """Return the cell ids and vectors of a set, optionally only those in ``where``.
 
         Args:
-            set_or_model: Set id or model name (``None``: the store's only set).
+            model: Set id or model name (``None``: the store's only set).
             where: SQL filter over ``cell_meta``; ``None`` returns every vector.
 
         Returns:
@@ -140,7 +138,7 @@ class Store(Catalog):
             >>> ids.tolist(), x.tolist()
             ([1, 2], [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
         """
-        es = _vectors.get_set(self, set_or_model)
+        es = _vectors.get_set(self, model)
         ids, mat = _vectors.read_vectors(self, es)
         if where is None:
             return ids, mat
@@ -153,7 +151,7 @@ class Store(Catalog):
         return ids[mask], mat[mask]
 
     def searcher(
-        self, set_or_model: str | int | None = None, where: str | None = None
+        self, model: str | int | None = None, where: str | None = None
     ) -> _search.Searcher:
         """Return a prepared :class:`~cytostore.store.search.Searcher` over a set.
 
@@ -164,14 +162,14 @@ class Store(Catalog):
         :class:`~cytostore.store.search.SearcherCache`.
 
         Args:
-            set_or_model: Set id or model name (``None``: the store's only set).
+            model: Set id or model name (``None``: the store's only set).
             where: SQL filter over ``cell_meta`` restricting the candidates.
 
         Raises:
             UnknownEmbeddingSetError, InvalidWhereError, EmptySelectionError,
             StoreCorruptError: See :class:`~cytostore.store.search.Searcher`.
         """
-        return self._searchers.get(self, set_or_model, where)
+        return self._searchers.get(self, model, where)
 
     def search(
         self,
@@ -179,7 +177,7 @@ class Store(Catalog):
         k: int = 10,
         *,
         where: str | None = None,
-        set_or_model: str | int | None = None,
+        model: str | int | None = None,
         include_self: bool = False,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Return ``(distances, ids)`` of the k nearest cells; see :func:`~cytostore.store.search.search`."""  # noqa: E501
@@ -189,13 +187,13 @@ class Store(Catalog):
             k,
             cache=self._searchers,
             where=where,
-            set_or_model=set_or_model,
+            model=model,
             include_self=include_self,
         )
 
     def build_index(
         self,
-        set_or_model: str | int | None = None,
+        model: str | int | None = None,
         index: str | None = None,
         *,
         search_params: dict[str, Any] | None = None,
@@ -206,7 +204,7 @@ class Store(Catalog):
         """Bring a set's FAISS index up to date; see :func:`~cytostore.store.index.build_index`."""  # noqa: E501
         return _index.build_index(
             self,
-            set_or_model,
+            model,
             index,
             search_params=search_params,
             rebuild=rebuild,
@@ -229,9 +227,7 @@ class Store(Catalog):
         """
         from cytostore.store.neighbors import neighbors
 
-        return neighbors(
-            self, into, k, model=model, where=where, progress=progress
-        )
+        return neighbors(self, into, k, model=model, where=where, progress=progress)
 
     def merge(
         self,

@@ -158,7 +158,7 @@ def list_sets(store: Store) -> list[EmbeddingSet]:
     return [_row_to_set(r) for r in rows]
 
 
-def get_set(store: Store, set_or_model: str | int | None = None) -> EmbeddingSet:
+def get_set(store: Store, model: str | int | None = None) -> EmbeddingSet:
     """Resolve a set id, a model name (its full, unsharded set) or ``None``.
 
     ``None`` means the only full set of the store (or its only set).
@@ -168,7 +168,7 @@ def get_set(store: Store, set_or_model: str | int | None = None) -> EmbeddingSet
     """
     sets = list_sets(store)
     names = ", ".join(s.name for s in sets) or "none"
-    if set_or_model is None:
+    if model is None:
         full = [s for s in sets if s.shard is None] or sets
         if len(full) == 1:
             return full[0]
@@ -179,12 +179,12 @@ def get_set(store: Store, set_or_model: str | int | None = None) -> EmbeddingSet
             else "the store has no embedding sets: run "
             "'cytostore embed STORE --model NAME' first"
         )
-    if isinstance(set_or_model, int) or str(set_or_model).isdigit():
+    if isinstance(model, int) or str(model).isdigit():
         for s in sets:
-            if s.set_id == int(set_or_model):
+            if s.set_id == int(model):
                 return s
     else:
-        model, _, shard = str(set_or_model).partition("@")
+        model, _, shard = str(model).partition("@")
         for s in sets:
             if s.model == model and s.shard == (shard or None):
                 return s
@@ -194,8 +194,8 @@ def get_set(store: Store, set_or_model: str | int | None = None) -> EmbeddingSet
                 "'cytostore merge STORE' (or name one as MODEL@i/n)"
             )
     raise UnknownEmbeddingSetError(
-        f"no embedding set {set_or_model!r} (sets: {names}): embed it with "
-        f"'cytostore embed STORE --model {set_or_model}'"
+        f"no embedding set {model!r} (sets: {names}): embed it with "
+        f"'cytostore embed STORE --model {model}'"
     )
 
 

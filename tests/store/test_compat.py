@@ -86,7 +86,7 @@ def test_vectors__old_store_where_rows_bit_exact(old_store: Store) -> None:
 def test_search__old_store_same_hits(old_store: Store, q: int) -> None:
     query = _expected_json("search.json")[q]
     d, hits = old_store.search(
-        query["cell"], k=query["k"], where=query["where"], set_or_model=MODEL
+        query["cell"], k=query["k"], where=query["where"], model=MODEL
     )
     assert hits.tolist() == query["ids"]
     np.testing.assert_allclose(d, np.asarray(query["distances"]), rtol=0, atol=1e-6)
@@ -100,6 +100,6 @@ def test_search__old_store_after_append_sees_new_rows(old_store: Store) -> None:
     es = old_store.embedding_set(MODEL)
     with old_store.vector_writer(es) as w:
         w.append(np.asarray([new_id]), want[:1].copy())
-    d, hits = old_store.search(want[0], k=2, set_or_model=MODEL)
+    d, hits = old_store.search(want[0], k=2, model=MODEL)
     assert set(hits[0].tolist()) == {int(want_ids[0]), new_id}
     np.testing.assert_allclose(d[0], [1.0, 1.0], atol=1e-5)

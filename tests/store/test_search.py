@@ -105,7 +105,7 @@ def test_search__rows_after_the_index_are_searched(vec_store: Store) -> None:
         ({"where": "colour = 'red'"}, InvalidWhereError, "colour"),
         ({"where": "label = 'XYZ'"}, EmptySelectionError, "selects no cells"),
         ({"k": 0}, InvalidArgumentError, "k must be"),
-        ({"set_or_model": "nope"}, InvalidArgumentError, "no embedding set 'nope'"),
+        ({"model": "nope"}, InvalidArgumentError, "no embedding set 'nope'"),
     ],
 )
 def test_search__bad_input(
@@ -221,7 +221,7 @@ def test_search__sees_a_rebuilt_index_and_a_second_set(vec_store: Store) -> None
     _age_catalog(vec_store)
     with pytest.raises(UnknownEmbeddingSetError, match="2 embedding sets"):
         vec_store.search(q, k=5)
-    _assert_same(vec_store.search(q, k=5, set_or_model="m"), got)
+    _assert_same(vec_store.search(q, k=5, model="m"), got)
 
 
 def test_search__files_changed_after_caching_are_still_corrupt(

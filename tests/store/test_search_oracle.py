@@ -113,7 +113,7 @@ def test_search__matches_brute_force(
     assert es.n_vectors == N_INDEXED + (N_TAIL if tail else 0)
     queries = random_vectors(6, DIM, seed=5) * 3.0
     want_d, want_ids = _brute_force(store, queries, metric, where)
-    d, hits = store.search(queries, k=K, where=where, set_or_model="m")
+    d, hits = store.search(queries, k=K, where=where, model="m")
     assert hits.shape == d.shape == (6, K)
     assert d.dtype == np.float32 and hits.dtype == np.int64
     for row in range(6):
@@ -137,6 +137,6 @@ def test_search__cell_query_matches_brute_force_without_self(
     q = np.asarray(stored[7:8], dtype=np.float32)
     want_d, want_ids = _brute_force(store, q, "cosine", None)
     assert want_ids[0, 0] == cell  # the cell is its own nearest row ...
-    d, hits = store.search(cell, k=K - 1, set_or_model="m")
+    d, hits = store.search(cell, k=K - 1, model="m")
     assert hits[0].tolist() == want_ids[0, 1:].tolist()  # ... and is left out
     np.testing.assert_allclose(d[0], want_d[0, 1:], rtol=1e-5, atol=1e-5)
