@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_import_contracts__floors_no_torch_in_store_no_store_circle() -> None:
+def test_import_contracts__floors_store_api_no_torch_no_circle() -> None:
     exe = shutil.which("lint-imports") or str(
         Path(sys.executable).parent / "lint-imports"
     )
@@ -18,5 +18,5 @@ def test_import_contracts__floors_no_torch_in_store_no_store_circle() -> None:
         [exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    # All three contracts ran (an empty config would also exit 0).
-    assert "Contracts: 3 kept, 0 broken." in result.stdout
+    # All four contracts ran (an empty config would also exit 0).
+    assert "Contracts: 4 kept, 0 broken." in result.stdout

@@ -35,7 +35,7 @@ def render_models(rows: list[dict[str, Any]], fmt: str) -> str:
 
     The table and csv formats leave out the card; json and jsonl include it.
     """
-    from cytostore.store.inventory import MODEL_COLUMNS
+    from cytostore.store import MODEL_COLUMNS
 
     columns = list(MODEL_COLUMNS) + (["card"] if fmt in ("json", "jsonl") else [])
     return render_rows(columns, [[r[c] for c in columns] for r in rows], fmt)
@@ -79,9 +79,7 @@ def verify(store: Path, images: bool, repair: bool, fmt: str) -> None:
         cytostore verify demo-store --repair
         cytostore verify demo-store --images --format json
     """  # noqa: D301 - click needs the \b character
-    from cytostore.store.verify import verify as verify_store
-
-    report = verify_store(Store.open(store), images=images, repair=repair)
+    report = Store.open(store).verify(images=images, repair=repair)
     if fmt == "json":
         click.echo(render_report(report.as_dict(), "json"))
     else:
@@ -119,9 +117,7 @@ def ls(store: Path, what: str | None, fmt: str) -> None:
         cytostore ls demo-store
         cytostore ls demo-store sets --format json
     """  # noqa: D301 - click needs the \b character
-    from cytostore.store.inventory import ls as list_store
-
-    groups = list_store(Store.open(store), what)
+    groups = Store.open(store).ls(what)
     if what is not None:
         click.echo(_render_group(what, groups[what], fmt))
         echo_summary(f"{len(groups[what])} {what}")
@@ -167,10 +163,7 @@ def gc(
         cytostore gc demo-store --dry-run
         cytostore gc demo-store --cache
     """  # noqa: D301 - click needs the \b character
-    from cytostore.store.gc import gc as collect
-
-    report = collect(
-        Store.open(store),
+    report = Store.open(store).gc(
         dry_run=dry_run,
         cache=cache,
         all_caches=all_caches,
@@ -214,11 +207,7 @@ def relocate(store: Path, dataset: str, new_root: Path, sample: int, seed: int) 
     Example:
         cytostore relocate demo-store lmu /mnt/data/lmu
     """  # noqa: D301 - click needs the \b character
-    from cytostore.store.relocate import relocate as relocate_dataset
-
-    report = relocate_dataset(
-        Store.open(store), dataset, new_root, sample=sample, seed=seed
-    )
+    report = Store.open(store).relocate(dataset, new_root, sample=sample, seed=seed)
     click.echo(
         f"dataset {report['dataset']}: {report['old_root']} -> {report['new_root']} "
         f"({report['checked']} of {report['cells']} cells checked)"

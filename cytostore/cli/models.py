@@ -29,7 +29,7 @@ def models(store: Path, fmt: str) -> None:
         cytostore models demo-store --format json
     """  # noqa: D301 - click needs the \b character
     from cytostore.cli.maintenance import render_models
-    from cytostore.store.inventory import list_models
+    from cytostore.store import list_models
 
     rows = list_models(Store.open(store))
     click.echo(render_models(rows, fmt))

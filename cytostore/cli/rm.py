@@ -107,10 +107,8 @@ def rm(
         cytostore rm demo-store model random-tiny --cascade
     """  # noqa: D301 - click needs the \b character
     from cytostore.store import Store
-    from cytostore.store import remove
 
-    report = remove(
-        Store.open(store),
+    report = Store.open(store).remove(
         kind,
         name,
         dataset=dataset,

@@ -31,7 +31,7 @@ from types import ModuleType
 from cytostore.data import bm, folder, lmu, mll_helmholtz
 from cytostore.data.images import is_hidden, is_image_name
 from cytostore.errors import InvalidArgumentError, LayoutNotFoundError
-from cytostore.store.faults import fault_point
+from cytostore.store import fault_point
 
 __all__ = [
     "READERS",

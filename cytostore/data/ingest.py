@@ -42,8 +42,7 @@ from cytostore.data.images import is_hidden, is_image_name, probe_image
 from cytostore.data.listing import CellRecord, DatasetListing, ReadOptions
 from cytostore.data.screen import NOT_UTF8, is_utf8, printable_path, screen_files
 from cytostore.errors import ImageDecodeError, InvalidArgumentError
-from cytostore.store import CATALOG_FILE, Store
-from cytostore.store.faults import fault_point
+from cytostore.store import CATALOG_FILE, Store, fault_point
 
 __all__ = ["ingest", "IngestReport", "DatasetReport", "COMMIT_EVERY", "COMMIT_MIN_S"]
 

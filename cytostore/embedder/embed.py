@@ -22,11 +22,7 @@ import numpy as np
 from cytostore.embedder.device import tune_allocator
 from cytostore.embedder.encoder import Encoder
 from cytostore.errors import DimensionMismatchError, UnknownEmbeddingSetError
-from cytostore.store import Store
-from cytostore.store.faults import fault_point
-from cytostore.store.index import check_factory
-from cytostore.store.merge import parse_shard
-from cytostore.store.vectors import DTYPES
+from cytostore.store import DTYPES, Store, check_factory, fault_point, parse_shard
 
 __all__ = ["embed"]
 

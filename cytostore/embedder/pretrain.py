@@ -36,8 +36,7 @@ from cytostore.embedder.registry import (
 )
 from cytostore.embedder.sampling import BALANCES
 from cytostore.errors import EmptySelectionError, InvalidArgumentError
-from cytostore.store import Store
-from cytostore.store.faults import fault_point
+from cytostore.store import Store, fault_point
 
 if TYPE_CHECKING:  # Lightning and lightly load in pretrain(): embed never needs them
     import pytorch_lightning as pl

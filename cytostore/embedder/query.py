@@ -18,8 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cytostore.errors import ImageDecodeError, InvalidArgumentError
-from cytostore.store import Store
-from cytostore.store.vectors import EmbeddingSet
+from cytostore.store import EmbeddingSet, Store
 
 __all__ = ["search", "SearchResult", "RESULT_COLUMNS"]
 

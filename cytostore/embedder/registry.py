@@ -30,8 +30,13 @@ from cytostore.embedder.card import (
 )
 from cytostore.embedder.preprocess import Preprocessing
 from cytostore.errors import InvalidArgumentError, UnknownModelError
-from cytostore.store import Store, delete_model_row, record_file, write_model_row
-from cytostore.store.faults import fault_point
+from cytostore.store import (
+    Store,
+    delete_model_row,
+    fault_point,
+    record_file,
+    write_model_row,
+)
 
 __all__ = [
     "MODELS_DIR",

@@ -38,7 +38,7 @@ from cytostore.embedder.methods import SSLMethod
 from cytostore.embedder.monitor import TrainingHistory
 from cytostore.embedder.sampling import BatchSampler, CachedRows
 from cytostore.errors import ConfigMismatchError, TrainingDivergedError
-from cytostore.store.faults import fault_point
+from cytostore.store import fault_point
 
 __all__ = [
     "TrainConfig",

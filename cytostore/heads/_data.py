@@ -15,8 +15,7 @@ from cytostore.errors import (
     InvalidArgumentError,
     InvalidWhereError,
 )
-from cytostore.store import Store
-from cytostore.store.catalog import safe_identifier
+from cytostore.store import Store, safe_identifier
 
 __all__ = [
     "Cells",

@@ -37,8 +37,12 @@ from cytostore.heads.splits import (
     read_split_specs,
     stratified_folds,
 )
-from cytostore.store import Store, write_attention, write_patient_predictions
-from cytostore.store.catalog import safe_identifier
+from cytostore.store import (
+    Store,
+    safe_identifier,
+    write_attention,
+    write_patient_predictions,
+)
 
 __all__ = ["mil", "Bagged", "make_bags"]
 

@@ -40,8 +40,7 @@ from cytostore.heads.splits import (
     read_split_specs,
     stratified_folds,
 )
-from cytostore.store import Store
-from cytostore.store.catalog import safe_identifier
+from cytostore.store import Store, safe_identifier
 
 __all__ = ["probe", "make_head", "KINDS"]
 

@@ -47,8 +47,13 @@ from cytostore.heads.abmil import ABMILHead
 from cytostore.heads.knn import KNNHead
 from cytostore.heads.linear import LinearProbe
 from cytostore.heads.mlp import MLPHead
-from cytostore.store import Store, record_tree, resolve_inside, write_head_row
-from cytostore.store.faults import fault_point
+from cytostore.store import (
+    Store,
+    fault_point,
+    record_tree,
+    resolve_inside,
+    write_head_row,
+)
 
 __all__ = [
     "HEADS_DIR",

@@ -19,10 +19,15 @@ import numpy as np
 import numpy.typing as npt
 
 from cytostore.errors import EmptySelectionError
+from cytostore.store import gc as _gc
 from cytostore.store import index as _index
+from cytostore.store import inventory as _inventory
+from cytostore.store import relocate as _relocate
+from cytostore.store import remove as _remove
 from cytostore.store import search as _search
 from cytostore.store import tags as _tags
 from cytostore.store import vectors as _vectors
+from cytostore.store import verify as _verify
 from cytostore.store.catalog import Catalog
 
 __all__ = ["Store"]
@@ -301,3 +306,75 @@ class Store(Catalog):
             The number of (cell, tag) pairs removed.
         """
         return _tags.remove_tags(self, where, tags, ids=ids)
+
+    # ------------------------------------------------------------- maintenance
+    def verify(
+        self,
+        images: bool = False,
+        repair: bool = False,
+        *,
+        grace_s: float | None = None,
+    ) -> _verify.VerifyReport:
+        """Check catalog and files agree; see :func:`cytostore.store.verify.verify`.
+
+        Returns:
+            The problems found (and those repaired), each with its fix.
+        """
+        kwargs = {} if grace_s is None else {"grace_s": grace_s}
+        return _verify.verify(self, images=images, repair=repair, **kwargs)
+
+    def ls(self, what: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """List models, sets, heads and tables; see :func:`cytostore.store.ls`.
+
+        Returns:
+            ``{group: rows}`` with sizes, counts and disk use.
+        """
+        return _inventory.ls(self, what)
+
+    def gc(
+        self,
+        dry_run: bool = False,
+        cache: bool = False,
+        *,
+        all_caches: bool = False,
+        grace_s: float | None = None,
+    ) -> _gc.GcReport:
+        """Remove orphaned and temporary files; see :func:`cytostore.store.gc`.
+
+        Returns:
+            What was (or, with ``dry_run``, would be) removed and kept.
+        """
+        kwargs = {} if grace_s is None else {"grace_s": grace_s}
+        return _gc.gc(self, dry_run, cache, all_caches=all_caches, **kwargs)
+
+    def relocate(
+        self,
+        dataset: str,
+        new_root: str | os.PathLike[str],
+        sample: int = 20,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """Point a dataset at its images' new folder; see :func:`cytostore.store.relocate`.
+
+        Returns:
+            ``dataset``, ``old_root``, ``new_root``, ``checked``, ``cells``.
+        """  # noqa: E501
+        return _relocate.relocate(self, dataset, new_root, sample=sample, seed=seed)
+
+    def remove(
+        self,
+        kind: str,
+        name: str,
+        *,
+        dataset: str | None = None,
+        cascade: bool = False,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Remove a model, set, head, patient or dataset; see :func:`cytostore.store.remove`.
+
+        Returns:
+            What was removed: catalog rows per table, files and bytes.
+        """  # noqa: E501
+        return _remove.remove(
+            self, kind, name, dataset=dataset, cascade=cascade, dry_run=dry_run
+        )
