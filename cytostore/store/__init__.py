@@ -19,7 +19,7 @@ from cytostore.store.inventory import MODEL_COLUMNS, list_models, ls
 from cytostore.store.merge import parse_shard
 from cytostore.store.paths import is_inside, resolve_inside
 from cytostore.store.sandbox import check_query, parse_where
-from cytostore.store.store import Store
+from cytostore.store.store import EmbeddingSetHandle, Store
 from cytostore.store.vectors import DTYPES, EmbeddingSet, VectorWriter
 from cytostore.store.writers import (
     delete_head_row,
@@ -37,6 +37,7 @@ __all__ = [
     "Catalog",
     "DTYPES",
     "EmbeddingSet",
+    "EmbeddingSetHandle",
     "MODEL_COLUMNS",
     "QueryResult",
     "Store",

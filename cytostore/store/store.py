@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,87 @@ from cytostore.store import vectors as _vectors
 from cytostore.store import verify as _verify
 from cytostore.store.catalog import Catalog
 
-__all__ = ["Store"]
+__all__ = ["Store", "EmbeddingSetHandle"]
+
+
+@dataclass(frozen=True, eq=False)
+class EmbeddingSetHandle(_vectors.EmbeddingSet):
+    """An embedding set's catalog row bound to its store, with the set's verbs.
+
+    A snapshot of the row: counts do not change under it; :meth:`refresh` reads the
+    row again. Compared as a row (the store is not part of equality).
+
+    Attributes:
+        store: The store the set belongs to.
+    """
+
+    store: Store | None = field(default=None, compare=False, repr=False)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to any row (bound or not) with the same values."""
+        if not isinstance(other, _vectors.EmbeddingSet):
+            return NotImplemented
+        names = [f.name for f in fields(_vectors.EmbeddingSet)]
+        return all(getattr(self, n) == getattr(other, n) for n in names)
+
+    __hash__ = _vectors.EmbeddingSet.__hash__
+
+    @classmethod
+    def bind(cls, store: Store, es: _vectors.EmbeddingSet) -> EmbeddingSetHandle:
+        """Return ``es`` bound to ``store``."""
+        values = {f.name: getattr(es, f.name) for f in fields(_vectors.EmbeddingSet)}
+        return cls(**values, store=store)
+
+    def _store(self) -> Store:
+        if self.store is None:
+            raise RuntimeError("this embedding set is not bound to a store")
+        return self.store
+
+    def refresh(self) -> EmbeddingSetHandle:
+        """Return the set's row read again from the catalog."""
+        return self._store().embedding_set(self.set_id)
+
+    def vectors(
+        self, where: str | None = None
+    ) -> tuple[npt.NDArray[np.int64], np.ndarray]:
+        """Return ``(ids, matrix)`` of this set; see :meth:`Store.vectors`."""
+        return self._store().vectors(self.set_id, where)
+
+    def search(
+        self,
+        query: npt.ArrayLike | int,
+        k: int = 10,
+        *,
+        where: str | None = None,
+        include_self: bool = False,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Return ``(distances, ids)`` of the k nearest cells in this set."""
+        return self._store().search(
+            query, k, where=where, model=self.set_id, include_self=include_self
+        )
+
+    def build_index(
+        self,
+        index: str | None = None,
+        *,
+        search_params: dict[str, Any] | None = None,
+        rebuild: bool = False,
+        seed: int = 0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> _vectors.EmbeddingSet:
+        """Bring this set's index up to date; see :meth:`Store.build_index`."""
+        return self._store().build_index(
+            self.set_id,
+            index,
+            search_params=search_params,
+            rebuild=rebuild,
+            seed=seed,
+            progress=progress,
+        )
+
+    def writer(self) -> _vectors.VectorWriter:
+        """Return a writer appending to this set (a context manager)."""
+        return self._store().vector_writer(self)
 
 
 class Store(Catalog):
@@ -61,13 +142,27 @@ class Store(Catalog):
         """Return every embedding set, by ``set_id``."""
         return _vectors.list_sets(self)
 
-    def embedding_set(self, model: str | int | None = None) -> _vectors.EmbeddingSet:
+    def embedding_set(self, model: str | int | None = None) -> EmbeddingSetHandle:
         """Return one set by id, model name (``MODEL@i/n``: a shard), or the only one.
+
+        The set's catalog row, bound to this store: ``.vectors()``, ``.search()``,
+        ``.build_index()`` and ``.writer()`` act on it (like sqlite-utils'
+        ``db["table"]``).
 
         Raises:
             UnknownEmbeddingSetError: If no set (or more than one) matches.
+
+        Examples:
+            >>> import tempfile, numpy as np
+            >>> store = Store.create(tempfile.mkdtemp() + "/s")
+            >>> es = store.create_embedding_set("m", 2)
+            >>> with store.embedding_set("m").writer() as w:
+            ...     _ = w.append([1, 2], [[1, 0], [0, 1]])
+            >>> m = store.embedding_set("m")
+            >>> m.n_vectors, m.search([1.0, 0.1], k=1)[1].tolist()
+            (2, [[1]])
         """
-        return _vectors.get_set(self, model)
+        return EmbeddingSetHandle.bind(self, _vectors.get_set(self, model))
 
     def create_embedding_set(
         self,

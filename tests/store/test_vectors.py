@@ -243,3 +243,18 @@ def test_vectors__cosine_rows_are_unit_and_l2_rows_as_given(tmp_path: Path) -> N
     rows = np.asarray(store.vectors("c")[1])
     np.testing.assert_allclose(rows, [[0.6, 0.0, 0.8], [0.0, 1.0, 0.0]], atol=1e-7)
     np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-6)
+
+
+def test_embedding_set__handle_verbs_act_on_its_set(vec_store: Store) -> None:
+    m = vec_store.embedding_set("m")
+    ids, x = m.vectors(where="cell_id <= 5")
+    assert ids.tolist() == [1, 2, 3, 4, 5]
+    assert np.array_equal(x, vec_store.vectors("m", where="cell_id <= 5")[1])
+    assert m.search(3, k=4)[1].tolist() == vec_store.search(3, k=4)[1].tolist()
+    with pytest.raises(ValueError, match="already have vectors in set 'm'"):
+        with m.writer() as w:  # the writer is this set's
+            w.append([1], np.ones((1, 16), np.float32))
+    assert m.n_vectors == 300 and m.refresh().n_vectors == 300
+    rebuilt = m.build_index("HNSW16", rebuild=True)
+    assert rebuilt.index_factory == "HNSW16" and m.refresh().n_indexed == 300
+    assert m.set_id == m.refresh().set_id
