@@ -399,13 +399,16 @@ class Catalog:
                     return QueryResult(columns=[], rows=[])
                 columns = [d[0] for d in cur.description]
                 rows = cur.fetchall()
-            except (duckdb.InterruptException, KeyboardInterrupt):
+            except (duckdb.InterruptException, KeyboardInterrupt, RuntimeError) as exc:
+                # Ctrl-C during a query surfaces as DuckDB's "Query interrupted".
+                if isinstance(exc, RuntimeError) and "interrupted" not in str(exc):
+                    raise
                 if fired.is_set():
                     raise QueryTimeoutError(
                         f"the query ran past {timeout_s:g} s and was stopped: narrow "
                         "it (a WHERE, a LIMIT) or raise --timeout"
                     ) from None
-                raise
+                raise KeyboardInterrupt from None
             except duckdb.PermissionException as exc:
                 raise QueryRefusedError(
                     f"{duckdb_message(exc)}: cytostore's SQL reads the catalog and "

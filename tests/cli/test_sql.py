@@ -74,3 +74,15 @@ def test_info_cli__table_and_json(small_store: Path) -> None:
         CliRunner().invoke(main, ["info", str(small_store), "--format", "json"]).output
     )
     assert doc["cells"] == 2 and doc["datasets"][0]["dataset"] == "lmu"
+
+
+def test_sql__timeout_stops_a_long_query_with_one_line(synthetic_store: Path) -> None:
+    query = "SELECT sum(hash(range)) FROM range(100000000000)"  # minutes of work
+    result = CliRunner().invoke(
+        main, ["sql", str(synthetic_store), query, "--timeout", "0.5"]
+    )
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "Error: the query ran past 0.5 s and was stopped: narrow it (a WHERE, a "
+        "LIMIT) or raise --timeout"
+    )
