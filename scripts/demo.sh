@@ -20,7 +20,7 @@ cs sql "$S" "SELECT dataset, count(*) AS cells, count(DISTINCT label) AS labels,
 cs sql "$S" "SELECT bag_label, count(DISTINCT patient_id) AS patients, round(avg(age), 1) AS mean_age FROM cell_meta WHERE dataset = 'mll_helmholtz' GROUP BY bag_label ORDER BY bag_label"
 
 step "3. self-supervised pretraining (SimCLR, tiny CNN, all three datasets balanced) + a random-init baseline"
-cs pretrain "$S" --name tiny-simclr --backbone tiny --epochs 2
+cs pretrain "$S" --name tiny-simclr --method simclr --backbone tiny --epochs 2
 cs pretrain "$S" --name tiny-random --backbone tiny --method none
 cs models "$S"
 

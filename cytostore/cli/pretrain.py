@@ -29,22 +29,23 @@ BACKBONE_CHOICES = ("tiny", "resnet18", "resnet34", "resnet50", "vit_s16")
 @click.option(
     "--method",
     type=click.Choice(METHOD_CHOICES),
-    default="simclr",
-    show_default=True,
-    help="Self-supervised method; none registers the random-init baseline.",
+    default=None,
+    help="Self-supervised method; none registers the random-init baseline "
+    "[default: the recipe's: simclr on CPU, dino on GPU].",
 )
 @click.option(
     "--backbone",
     type=click.Choice(BACKBONE_CHOICES),
-    default="tiny",
-    show_default=True,
-    help="Backbone (tiny: 4-layer CNN, the CPU recipe; resnet50/vit_s16 for GPUs).",
+    default=None,
+    help="Backbone (tiny: a 4-layer CNN) [default: the recipe's: tiny on CPU, "
+    "resnet50 on GPU].",
 )
 @click.option(
     "--epochs",
     type=click.IntRange(min=1),
     default=None,
-    help="Total epochs [default: 100, or as many as fit in --max-minutes].",
+    help="Total epochs [default: as many as fit in --max-minutes; without "
+    "either, the recipe's budget: 15 minutes on CPU, 100 epochs on GPU].",
 )
 @click.option(
     "--max-minutes",
@@ -55,16 +56,15 @@ BACKBONE_CHOICES = ("tiny", "resnet18", "resnet34", "resnet50", "vit_s16")
 @click.option(
     "--batch-size",
     type=click.IntRange(min=2),
-    default=128,
-    show_default=True,
-    help="Cells per batch and device.",
+    default=None,
+    help="Cells per batch and device [default: the recipe's: 128 on CPU, 256 on GPU].",
 )
 @click.option(
     "--crop-px",
     type=click.IntRange(min=16),
-    default=96,
-    show_default=True,
-    help="Input size in pixels (the crop covers --fov-um µm).",
+    default=None,
+    help="Input size in pixels (the crop covers --fov-um µm) [default: the "
+    "recipe's: 96 on CPU, 128 on GPU].",
 )
 @click.option(
     "--fov-um",
@@ -131,12 +131,12 @@ BACKBONE_CHOICES = ("tiny", "resnet18", "resnet34", "resnet50", "vit_s16")
 def pretrain(
     store: Path,
     name: str,
-    method: str,
-    backbone: str,
+    method: str | None,
+    backbone: str | None,
     epochs: int | None,
     max_minutes: float | None,
-    batch_size: int,
-    crop_px: int,
+    batch_size: int | None,
+    crop_px: int | None,
     fov_um: float,
     lr: float | None,
     where: str | None,
@@ -155,8 +155,11 @@ def pretrain(
 ) -> None:
     """Pretrain a backbone without labels (lightly SSL) and register it as a model.
 
-    Writes STORE/models/NAME/ (weights, card.json, curves.png); the defaults are
-    the CPU recipe of docs/recipes.md.
+    Writes STORE/models/NAME/ (weights, card.json, curves.png). Options left
+    unset come from a recipe of docs/recipes.md: without a CUDA GPU (or with
+    --device cpu) the CPU recipe, simclr / tiny / 96 px / batch 128 for 15 minutes;
+    on a CUDA GPU the GPU recipe, dino / resnet50 / 128 px / batch 256 for 100
+    epochs. Giving --epochs or --max-minutes replaces the recipe's budget.
 
     \b
     Example:

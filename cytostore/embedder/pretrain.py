@@ -4,7 +4,9 @@ One call selects cells (``where``), caches them once at the model's preprocessin
 holds out a few hundred labelled cells for the kNN monitor, trains with a lightly
 method on PyTorch Lightning (domain-balanced batches, batched on-device
 augmentations), and registers the backbone with its model card and loss/kNN curves
-(``STORE/models/NAME/``). The defaults are the CPU recipe of ``docs/recipes.md``.
+(``STORE/models/NAME/``). Options left unset come from the recipe for the device
+(:mod:`cytostore.embedder.recipes`, ``docs/recipes.md``): the 15-minute CPU recipe
+without a CUDA GPU, the GPU recipe with one.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from cytostore.embedder.augment import AugmentConfig
 from cytostore.embedder.backbones import BACKBONES, build_backbone
 from cytostore.embedder.cache import build_cache
 from cytostore.embedder.card import ModelCard
-from cytostore.embedder.device import tune_allocator
+from cytostore.embedder.device import resolve_device, tune_allocator
 from cytostore.embedder.preprocess import DEFAULT_FOV_UM, Preprocessing
+from cytostore.embedder.recipes import CPU_RECIPE, fill_recipe, recipe_for
 from cytostore.embedder.registry import (
     model_dir,
     register_model,
@@ -50,7 +53,6 @@ __all__ = [
     "DEFAULT_BACKBONE",
     "DEFAULT_CROP_PX",
     "DEFAULT_BATCH_SIZE",
-    "DEFAULT_EPOCHS",
     "default_augment",
     "CURVES_FILE",
 ]
@@ -61,12 +63,12 @@ logger = logging.getLogger(__name__)
 #: (The lightly methods of ``cytostore.embedder.methods.METHODS``, named here so that
 #: importing the embedder does not load lightly; a test checks they agree.)
 PRETRAIN_METHODS = ("simclr", "byol", "dino", "vicreg", "barlowtwins", "moco", "none")
-#: The default CPU recipe (see docs/recipes.md for the measurements behind it).
-DEFAULT_METHOD = "simclr"
-DEFAULT_BACKBONE = "tiny"
-DEFAULT_CROP_PX = 96
-DEFAULT_BATCH_SIZE = 128
-DEFAULT_EPOCHS = 100
+#: The CPU recipe's settings (see docs/recipes.md for the measurements behind it);
+#: ``pretrain`` takes its defaults from :func:`~cytostore.embedder.recipes.recipe_for`.
+DEFAULT_METHOD = CPU_RECIPE.method
+DEFAULT_BACKBONE = CPU_RECIPE.backbone
+DEFAULT_CROP_PX = CPU_RECIPE.crop_px
+DEFAULT_BATCH_SIZE = CPU_RECIPE.batch_size
 #: Loss and kNN curves, written beside the card.
 CURVES_FILE = "curves.png"
 _MIN_MONITOR = 20
@@ -84,15 +86,15 @@ def pretrain(
     store: Store | str | os.PathLike[str],
     name: str,
     *,
-    method: str = DEFAULT_METHOD,
-    backbone: str = DEFAULT_BACKBONE,
+    method: str | None = None,
+    backbone: str | None = None,
     epochs: int | None = None,
     max_minutes: float | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     where: str | None = None,
     balance: str = "dataset",
     init: str | os.PathLike[str] | None = None,
-    crop_px: int = DEFAULT_CROP_PX,
+    crop_px: int | None = None,
     fov_um: float = DEFAULT_FOV_UM,
     lr: float | None = None,
     seed: int = 0,
@@ -112,26 +114,34 @@ def pretrain(
 ) -> ModelCard:
     """Pretrain a backbone without labels on a store's cells and register it.
 
+    Every option left as ``None`` takes the value of the recipe for the training
+    device (:func:`~cytostore.embedder.recipes.recipe_for`): without a CUDA GPU the
+    CPU recipe (``simclr``, ``tiny``, 96 px, batch 128, 15 minutes), on a CUDA GPU
+    the GPU recipe (``dino``, ``resnet50``, 128 px, batch 256, 100 epochs). The
+    card's ``extra["recipe"]`` records which one and the settings used.
+
     Args:
         store: The store (or its folder).
         name: Name to register the model under (``STORE/models/NAME/``).
         method: ``simclr``, ``byol``, ``dino``, ``vicreg``, ``barlowtwins``, ``moco``,
             or ``none`` (register the seeded random init: the baseline).
-        backbone: ``tiny``, ``resnet18``, ``resnet34``, ``resnet50`` or ``vit_s16``.
+            ``None``: the recipe's.
+        backbone: ``tiny``, ``resnet18``, ``resnet34``, ``resnet50`` or ``vit_s16``
+            (``None``: the recipe's).
         epochs: Total epochs (an epoch draws as many cells as are selected).
-            ``None`` with ``max_minutes``: as many as fit; both ``None``:
-            :data:`DEFAULT_EPOCHS`.
+            ``None`` with ``max_minutes``: as many as fit; both ``None``: the
+            recipe's budget (CPU: 15 minutes; GPU: 100 epochs).
         max_minutes: Time budget of the whole call in minutes (cache, training,
             registration); training stops cleanly when it is spent. On
             ``resume`` the training time of the earlier run counts too.
         batch_size: Cells per batch and device; shrunk (with a warning) when
-            fewer cells are selected.
+            fewer cells are selected (``None``: the recipe's).
         where: SQL filter over ``cell_meta`` selecting the training cells.
         balance: ``dataset``: each dataset equally likely in every batch; ``none``:
             cells as they come.
         init: Local torchvision-format weights to start from (``None``: random).
         crop_px: Input size in pixels; the crop covers ``fov_um`` µm (images of
-            unknown µm/px are resized whole).
+            unknown µm/px are resized whole). ``None``: the recipe's.
         fov_um: Field of view of the input in µm.
         lr: Peak AdamW learning rate (``None``: the method's default, scaled by
             ``batch_size / 256``).
@@ -169,6 +179,19 @@ def pretrain(
     from cytostore.embedder.train import TrainConfig, train_ssl, unwrap_backbone
 
     started = time.monotonic()
+    recipe = recipe_for(resolve_device(device))
+    settings = fill_recipe(
+        recipe,
+        method=method,
+        backbone=backbone,
+        crop_px=crop_px,
+        batch_size=batch_size,
+        epochs=epochs,
+        max_minutes=max_minutes,
+    )
+    method, backbone = settings.method, settings.backbone
+    crop_px, batch_size = settings.crop_px, settings.batch_size
+    epochs, max_minutes = settings.epochs, settings.max_minutes
     _validate(method, backbone, balance, epochs, max_minutes, batch_size)
     tune_allocator()  # reuse freed activation memory (glibc), see its docs
     store = store if isinstance(store, Store) else Store.open(store)
@@ -255,8 +278,6 @@ def pretrain(
     if max_minutes is not None:
         reserve_s = 2.0 + 0.02 * max_minutes * 60
         max_s = max(1.0, max_minutes * 60 - (time.monotonic() - started) - reserve_s)
-    if epochs is None and max_minutes is None:
-        epochs = DEFAULT_EPOCHS
     result = train_ssl(
         ssl,
         cache.array,
@@ -308,6 +329,7 @@ def pretrain(
             "loss_history": [round(e["loss"], 5) for e in result.epochs],
             "skipped_cells": int(len(ids) - len(present)),
             "curves": f"models/{name}/{CURVES_FILE}",
+            "recipe": settings.to_dict(),
         },
         overwrite=True,
     )
