@@ -21,8 +21,10 @@ import numpy as np
 import numpy.typing as npt
 import pytorch_lightning as pl
 import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from torch import nn
 
+from cytostore._knn import knn_vote
 from cytostore.embedder.augment import to_input
 
 __all__ = ["knn_accuracy", "embed_arrays", "TrainingHistory", "write_curves"]
@@ -70,14 +72,13 @@ def knn_accuracy(
     sim.fill_diagonal_(-math.inf)
     kk = min(k, n - 1)
     top_sim, top_idx = sim.topk(kk, dim=1)
-    weights = torch.exp(top_sim / temperature)
-    votes = torch.zeros(n, n_classes).scatter_add_(1, y_t[top_idx], weights)
-    pred = votes.argmax(dim=1)
-    correct = (pred == y_t).float()
+    votes = knn_vote(
+        top_sim.numpy(), y[top_idx.numpy()], n_classes, temperature=temperature
+    )
+    pred = votes.argmax(axis=1)
     if not balanced:
-        return float(correct.mean())
-    recalls = [float(correct[y_t == c].mean()) for c in range(n_classes)]
-    return float(np.mean(recalls))
+        return float(accuracy_score(y, pred))
+    return float(balanced_accuracy_score(y, pred))
 
 
 @torch.no_grad()

@@ -1,137 +1,63 @@
-"""Shared machinery of the heads: parameter validation, label encoding, the base class.
+"""The heads' base class: scikit-learn's estimator contract plus what it lacks.
 
-Heads follow the scikit-learn estimator contract: ``__init__`` only stores its
-keyword arguments, parameters are checked at the start of ``fit`` against a
-declarative table (``_parameter_constraints``, as in sklearn's
-``utils/_param_validation.py``), learned state ends in ``_``.
+Every head subclasses scikit-learn's ``ClassifierMixin`` and ``BaseEstimator``, so
+``get_params``/``set_params``, ``repr``, ``score``, ``clone``, ``Pipeline``,
+``GridSearchCV`` and ``cross_val_score`` are scikit-learn's own. Parameters are
+declared in ``_parameter_constraints`` with scikit-learn's ``Interval`` and
+``StrOptions`` and checked at the start of ``fit``. What scikit-learn lacks, and is
+kept here (one line each):
+
+- :meth:`BaseHead.get_state` / :meth:`BaseHead.from_state`: save a fitted head as
+  numeric arrays + JSON, because a store never unpickles anything;
+- :func:`encode_classes` / :func:`decode_classes`: ``classes_`` in that JSON;
+- :meth:`BaseHead._validate_params`: raises cytostore's ``InvalidArgumentError``
+  (exit code and one-line message of the CLI) instead of sklearn's error;
+- :meth:`BaseHead._check_fitted`: raises cytostore's ``NotFittedError`` likewise;
+- :func:`balanced_weights`: sklearn's ``balanced`` weights as a float32 vector that
+  keeps a class absent from a training part at weight 0 (sklearn refuses it);
+- :func:`seeded`, :func:`load_module_state`: torch's RNG and state dicts;
+- :func:`as_matrix`: float32 matrices with cytostore's error messages.
 """
 
 from __future__ import annotations
 
-import inspect
-import numbers
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
+from sklearn.base import BaseEstimator, ClassifierMixin
 
+# sklearn's declarative parameter table (private module, stable since sklearn 1.2).
+from sklearn.utils._param_validation import (
+    Interval,
+    InvalidParameterError,
+    StrOptions,
+    validate_parameter_constraints,
+)
+
+from cytostore._torch import resolve_device
 from cytostore.errors import InvalidArgumentError, LabelError, NotFittedError
 
 __all__ = [
     "BaseHead",
+    "Integral",
     "Interval",
-    "Options",
-    "validate_params",
+    "Real",
+    "StrOptions",
+    "as_matrix",
     "balanced_weights",
-    "encode_classes",
     "decode_classes",
+    "encode_classes",
     "load_module_state",
+    "resolve_device",
+    "seeded",
 ]
 
-
-@dataclass(frozen=True)
-class Interval:
-    """A number in ``[low, high]`` (``None`` = unbounded); ``closed`` says which ends.
-
-    Attributes:
-        kind: ``int`` (integers only) or ``float`` (any real number).
-        low: Lower bound or ``None``.
-        high: Upper bound or ``None``.
-        closed: ``"both"``, ``"left"``, ``"right"`` or ``"neither"``.
-    """
-
-    kind: type
-    low: float | None
-    high: float | None
-    closed: str = "both"
-
-    def accepts(self, value: Any) -> bool:
-        """Return whether ``value`` lies in the interval."""
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            return False
-        if self.kind is int and not isinstance(value, numbers.Integral):
-            return False
-        value = float(value)
-        if self.low is not None:
-            if value < self.low or (
-                value == self.low and self.closed in ("right", "neither")
-            ):
-                return False
-        if self.high is not None:
-            if value > self.high or (
-                value == self.high and self.closed in ("left", "neither")
-            ):
-                return False
-        return True
-
-    def __str__(self) -> str:
-        lo = "-inf" if self.low is None else f"{self.low:g}"
-        hi = "inf" if self.high is None else f"{self.high:g}"
-        left = "[" if self.closed in ("both", "left") else "("
-        right = "]" if self.closed in ("both", "right") else ")"
-        return f"{self.kind.__name__} in {left}{lo}, {hi}{right}"
-
-
-@dataclass(frozen=True)
-class Options:
-    """One of a fixed set of values."""
-
-    values: frozenset[Any]
-
-    def accepts(self, value: Any) -> bool:
-        """Return whether ``value`` is one of the options."""
-        try:
-            return value in self.values
-        except TypeError:
-            return False
-
-    def __str__(self) -> str:
-        return "one of " + ", ".join(repr(v) for v in sorted(self.values, key=str))
-
-
-Constraint = Interval | Options | type | None | Callable[[Any], bool]
-
-
-def _accepts(rule: Constraint, value: Any) -> bool:
-    if rule is None:
-        return value is None
-    if isinstance(rule, Interval | Options):
-        return rule.accepts(value)
-    if isinstance(rule, type):
-        return isinstance(value, rule) and not (
-            rule is not bool and isinstance(value, bool)
-        )
-    return bool(rule(value))
-
-
-def _describe(rule: Constraint) -> str:
-    if rule is None:
-        return "None"
-    if isinstance(rule, type):
-        return f"a {rule.__name__}"
-    if isinstance(rule, Interval | Options):
-        return str(rule)
-    return getattr(rule, "__doc__", None) or "a valid value"
-
-
-def validate_params(
-    owner: str, params: dict[str, Any], constraints: dict[str, list[Constraint]]
-) -> None:
-    """Check every parameter against its list of allowed rules (any may match).
-
-    Raises:
-        InvalidArgumentError: Naming the parameter, its value and what is allowed.
-    """
-    for name, rules in constraints.items():
-        value = params[name]
-        if not any(_accepts(rule, value) for rule in rules):
-            allowed = " or ".join(_describe(r) for r in rules)
-            raise InvalidArgumentError(
-                f"{owner}: {name}={value!r} is invalid; use {allowed}"
-            )
+#: numpy dtype kinds a head's state arrays may have: bool, signed, unsigned, float.
+STATE_KINDS = "biuf"
 
 
 def balanced_weights(
@@ -156,19 +82,6 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
-
-
-def resolve_device(device: str) -> str:
-    """Return ``device`` with ``"auto"`` resolved to ``"cuda"`` or ``"cpu"``."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-#: numpy dtype kinds a head's state arrays may have: bool, signed, unsigned, float.
-STATE_KINDS = "biuf"
 
 
 def encode_classes(classes: npt.NDArray[Any]) -> dict[str, Any]:
@@ -204,8 +117,8 @@ def decode_classes(doc: Any) -> npt.NDArray[Any]:
     return np.asarray(values, dtype=dtype)
 
 
-class BaseHead:
-    """Base of every head: ``get_params``/``set_params``, ``score``, label encoding.
+class BaseHead(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+    """Base of every head: sklearn's contract, label encoding, saving without pickle.
 
     A fitted head is saved without pickle: :meth:`get_state` returns its learned
     state as numeric arrays (``_state_arrays``, and a torch module's ``state_dict``
@@ -213,40 +126,13 @@ class BaseHead:
     learned numbers of ``_state_values``), and :meth:`from_state` rebuilds it.
     """
 
-    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {}
     #: Learned attributes saved as numeric arrays.
     _state_arrays: ClassVar[tuple[str, ...]] = ()
     #: Learned attributes saved as JSON numbers.
     _state_values: ClassVar[tuple[str, ...]] = ("n_features_in_",)
 
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self"]
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Return the constructor parameters (``deep`` is accepted for sklearn)."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params: Any) -> BaseHead:
-        """Set constructor parameters; returns ``self``.
-
-        Raises:
-            InvalidArgumentError: If a name is not a parameter of this head.
-        """
-        valid = set(self._param_names())
-        for key, value in params.items():
-            if key not in valid:
-                raise InvalidArgumentError(
-                    f"{type(self).__name__} has no parameter {key!r}; "
-                    f"parameters are {sorted(valid)}"
-                )
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
+    classes_: npt.NDArray[Any]
 
     def get_state(self) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:
         """Return the fitted head as numeric arrays and a JSON-able document.
@@ -258,6 +144,7 @@ class BaseHead:
 
         Raises:
             NotFittedError: If called before ``fit``.
+            TypeError: If a state array is not numeric.
         """
         self._check_fitted()
         arrays = {
@@ -273,7 +160,7 @@ class BaseHead:
                 raise TypeError(f"state array {name} has non-numeric dtype {arr.dtype}")
         params = {
             k: list(v) if isinstance(v, tuple) else v
-            for k, v in self.get_params().items()
+            for k, v in self.get_params(deep=False).items()
         }
         learned = {name: _plain(getattr(self, name)) for name in self._state_values}
         learned.update(self._extra_state())
@@ -304,7 +191,7 @@ class BaseHead:
                 f"the state is of {doc.get('class')!r}, not {cls.__name__}"
             )
         params = doc.get("params")
-        if not isinstance(params, dict) or set(params) - set(cls._param_names()):
+        if not isinstance(params, dict) or set(params) - set(cls._get_param_names()):
             raise ValueError(f"the state's parameters do not fit {cls.__name__}")
         head = cls(
             **{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
@@ -355,9 +242,21 @@ class BaseHead:
             raise ValueError(f"{type(self).__name__} has no torch module")
 
     def _validate_params(self) -> None:
-        validate_params(
-            type(self).__name__, self.get_params(), self._parameter_constraints
-        )
+        """Check the parameters against ``_parameter_constraints`` (sklearn's rules).
+
+        Raises:
+            InvalidArgumentError: Naming the parameter, its value and what is allowed.
+        """
+        try:
+            validate_parameter_constraints(
+                self._parameter_constraints,
+                self.get_params(deep=False),
+                caller_name=type(self).__name__,
+            )
+        except InvalidParameterError as exc:
+            raise InvalidArgumentError(
+                f"{exc} Pass an allowed value or leave the default."
+            ) from None
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "classes_"):
@@ -406,10 +305,6 @@ class BaseHead:
             )
         return Xf, y_idx
 
-    def fit(self, X: Any, y: Any) -> BaseHead:  # pragma: no cover
-        """Fit the head; returns ``self``."""
-        raise NotImplementedError
-
     def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:  # pragma: no cover
         """Return class probabilities, shape (n, n_classes), ``classes_`` order."""
         raise NotImplementedError
@@ -422,14 +317,6 @@ class BaseHead:
         """
         proba = self.predict_proba(X)
         return np.asarray(self.classes_)[np.argmax(proba, axis=1)]
-
-    def score(self, X: Any, y: Any) -> float:
-        """Return the accuracy of ``predict(X)`` against ``y``.
-
-        Raises:
-            NotFittedError: If called before ``fit``.
-        """
-        return float(np.mean(self.predict(X) == np.asarray(y)))
 
 
 def _plain(value: Any) -> Any:

@@ -7,7 +7,15 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from cytostore.heads._base import BaseHead, Constraint, Interval, Options, as_matrix
+from cytostore._knn import TEMPERATURE, knn_vote
+from cytostore.heads._base import (
+    BaseHead,
+    Integral,
+    Interval,
+    Real,
+    StrOptions,
+    as_matrix,
+)
 
 __all__ = ["KNNHead"]
 
@@ -42,11 +50,11 @@ class KNNHead(BaseHead):
         ['a']
     """
 
-    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
-        "k": [Interval(int, 1, None)],
-        "temperature": [Interval(float, 0, None, closed="neither")],
-        "weighting": [Options(frozenset({"temperature", "uniform"}))],
-        "batch_size": [Interval(int, 1, None)],
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "k": [Interval(Integral, 1, None, closed="left")],
+        "temperature": [Interval(Real, 0, None, closed="neither")],
+        "weighting": [StrOptions({"temperature", "uniform"})],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
     }
 
     _state_arrays: ClassVar[tuple[str, ...]] = ("X_fit_", "y_fit_")
@@ -55,7 +63,7 @@ class KNNHead(BaseHead):
         self,
         *,
         k: int = 20,
-        temperature: float = 0.07,
+        temperature: float = TEMPERATURE,
         weighting: str = "temperature",
         batch_size: int = 1024,
     ) -> None:
@@ -112,11 +120,7 @@ class KNNHead(BaseHead):
             NotFittedError: If called before ``fit``.
         """
         sim, rows = self.kneighbors(X)
-        if self.weighting == "temperature":
-            w = np.exp((sim.astype(np.float64) - 1.0) / self.temperature)
-        else:
-            w = np.ones_like(sim, dtype=np.float64)
-        votes = np.zeros((sim.shape[0], self.classes_.size), dtype=np.float64)
-        np.add.at(votes, (np.arange(sim.shape[0])[:, None], self.y_fit_[rows]), w)
-        total = votes.sum(axis=1, keepdims=True)
-        return votes / np.where(total > 0, total, 1.0)
+        temperature = self.temperature if self.weighting == "temperature" else None
+        return knn_vote(
+            sim, self.y_fit_[rows], self.classes_.size, temperature=temperature
+        )

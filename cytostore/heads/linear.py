@@ -7,12 +7,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
+from sklearn.metrics import balanced_accuracy_score
 
+from cytostore.errors import InvalidArgumentError
 from cytostore.heads._base import (
     BaseHead,
-    Constraint,
+    Integral,
     Interval,
-    Options,
+    Real,
+    StrOptions,
     as_matrix,
     balanced_weights,
     resolve_device,
@@ -23,14 +26,6 @@ from cytostore.heads.splits import inner_validation_split
 __all__ = ["LinearProbe"]
 
 logger = logging.getLogger(__name__)
-
-
-def _l2_values(value: Any) -> bool:
-    """Accept a float >= 0 or a non-empty tuple of them."""
-    vals = value if isinstance(value, tuple | list) else (value,)
-    return len(vals) > 0 and all(
-        isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in vals
-    )
 
 
 class LinearProbe(BaseHead):
@@ -75,14 +70,14 @@ class LinearProbe(BaseHead):
         (['a', 'b'], True)
     """
 
-    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
-        "l2": [_l2_values],
-        "max_iter": [Interval(int, 1, None)],
-        "tol": [Interval(float, 0, None, closed="neither")],
-        "class_weight": [Options(frozenset({"balanced"})), None],
-        "val_size": [Interval(float, 0, 1, closed="neither")],
-        "max_select_rows": [Interval(int, 100, None), None],
-        "seed": [Interval(int, 0, None)],
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "l2": [Interval(Real, 0, None, closed="left"), tuple, list],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="neither")],
+        "class_weight": [StrOptions({"balanced"}), None],
+        "val_size": [Interval(Real, 0, 1, closed="neither")],
+        "max_select_rows": [Interval(Integral, 100, None, closed="left"), None],
+        "seed": [Interval(Integral, 0, None, closed="left")],
         "device": [str],
     }
 
@@ -130,6 +125,14 @@ class LinearProbe(BaseHead):
         candidates = sorted(
             self.l2 if isinstance(self.l2, tuple | list) else (self.l2,), reverse=True
         )
+        if not candidates or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
+            for v in candidates
+        ):
+            raise InvalidArgumentError(
+                f"LinearProbe: l2={self.l2!r} is invalid: pass a float >= 0 or a "
+                "non-empty tuple of them"
+            )
         with seeded(self.seed):
             W = torch.zeros(n_classes, Xf.shape[1], device=device, requires_grad=True)
             b = torch.zeros(n_classes, device=device, requires_grad=True)
@@ -149,7 +152,7 @@ class LinearProbe(BaseHead):
                     )
                     with torch.no_grad():
                         pred = (Xt[va] @ W.T + b).argmax(1).cpu().numpy()
-                    score = _balanced_accuracy(y_idx[va], pred, n_classes)
+                    score = float(balanced_accuracy_score(y_idx[va], pred))
                     self.val_scores_[float(lam)] = score
                     logger.info("linear probe: l2=%g val balanced acc %.4f", lam, score)
                     if score > best + 1e-4:
@@ -236,17 +239,6 @@ class LinearProbe(BaseHead):
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)
         return p / p.sum(axis=1, keepdims=True)
-
-
-def _balanced_accuracy(
-    y_true: npt.NDArray[np.int64], y_pred: npt.NDArray[np.int64], n_classes: int
-) -> float:
-    recalls = [
-        float(np.mean(y_pred[y_true == c] == c))
-        for c in range(n_classes)
-        if (y_true == c).any()
-    ]
-    return float(np.mean(recalls)) if recalls else 0.0
 
 
 def _subsample(

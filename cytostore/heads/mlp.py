@@ -14,9 +14,10 @@ from torch import nn
 
 from cytostore.heads._base import (
     BaseHead,
-    Constraint,
+    Integral,
     Interval,
-    Options,
+    Real,
+    StrOptions,
     as_matrix,
     balanced_weights,
     load_module_state,
@@ -91,17 +92,17 @@ class MLPHead(BaseHead):
         True
     """
 
-    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
-        "hidden": [Interval(int, 1, None)],
-        "dropout": [Interval(float, 0, 1, closed="left")],
-        "lr": [Interval(float, 0, None, closed="neither")],
-        "weight_decay": [Interval(float, 0, None)],
-        "batch_size": [Interval(int, 1, None)],
-        "max_epochs": [Interval(int, 1, None)],
-        "patience": [Interval(int, 1, None)],
-        "val_size": [Interval(float, 0, 1, closed="neither")],
-        "class_weight": [Options(frozenset({"balanced"})), None],
-        "seed": [Interval(int, 0, None)],
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "hidden": [Interval(Integral, 1, None, closed="left")],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "patience": [Interval(Integral, 1, None, closed="left")],
+        "val_size": [Interval(Real, 0, 1, closed="neither")],
+        "class_weight": [StrOptions({"balanced"}), None],
+        "seed": [Interval(Integral, 0, None, closed="left")],
         "device": [str],
     }
     _state_values: ClassVar[tuple[str, ...]] = (
