@@ -1,13 +1,19 @@
 """Similarity search by cell or by image: the encoder embeds, the store searches.
 
-A query cell uses its stored vector; a query image goes through the set's model with
-the model's own preprocessing (:meth:`Encoder.embed`), exactly like the stored cells.
+A query cell uses its stored vector. A query image that is already catalogued (a
+cell with the same sha256 has a vector in the set) uses that cell's stored vector too;
+any other image goes through the set's model with the model's own preprocessing
+(:meth:`Encoder.embed`), exactly like the stored cells, at its µm/px: given, or that of
+the dataset whose root folder holds it. An image of unknown µm/px is resized whole,
+which for a model trained at a physical scale usually means the wrong scale: a
+warning is logged.
 The hits come back with their catalog columns, and optionally as a montage PNG drawn
 by :func:`cytostore.data.montage`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -44,7 +50,12 @@ class SearchResult:
 
     Attributes:
         embedding_set: The set searched (its ``metric`` names the distance).
-        query: ``{"cell_id": ...}`` or ``{"image": path}``.
+        query: ``{"cell_id": ...}``; or for an image ``{"image": path,
+            "matched_cell": id or None, "um_per_px": float or None,
+            "um_per_px_from": "given" | "dataset NAME" | None}``
+            (``matched_cell``: the catalogued cell of the same sha256 whose stored
+            vector was used; ``um_per_px``: the pixel size the image was embedded at,
+            ``None``: unknown or not embedded).
         columns: :data:`RESULT_COLUMNS`.
         rows: One tuple per hit, best first (``distance``: cosine similarity for
             metric ``cosine``, squared L2 for ``l2``).
@@ -85,8 +96,12 @@ def search(
         k: Hits to return.
         where: SQL filter over ``cell_meta``: the exact top-k within the matching
             cells (for exact indexes).
-        include_self: With ``cell``, keep the cell itself among the hits.
-        um_per_px: The query image's pixel size (``None``: unknown, resized whole).
+        include_self: Keep the query cell itself among the hits (with ``cell``, or
+            an ``image`` catalogued as a cell: all cells of its sha256).
+        um_per_px: The query image's pixel size (``None``: that of the dataset whose
+            root folder holds the image, else unknown: resized whole, with a
+            warning when the model was trained at a physical scale). Not used for
+            a catalogued image (its stored vector is).
         montage: Write a PNG of the query and its hits to this path.
         device: Torch device for embedding an image.
 
@@ -95,7 +110,8 @@ def search(
 
     Raises:
         InvalidArgumentError: If not exactly one of ``cell``/``image`` is given, the
-            image file does not exist or is not an image, or the cell has no vector.
+            image file does not exist or is not an image, the cell has no vector,
+            or ``um_per_px`` is not positive.
         UnknownEmbeddingSetError, InvalidWhereError, EmptySelectionError: See
             :meth:`Store.search`.
     """
@@ -108,19 +124,32 @@ def search(
     searcher = store.searcher(model, where)
     es = searcher.es
     exclude = None
+    also_drop = np.zeros(0, np.int64)  # byte-identical copies of a catalogued image
     if cell is not None:
         vec = searcher.vector_of([int(cell)])
         query: dict[str, Any] = {"cell_id": int(cell)}
         if not include_self:
             exclude = np.asarray([int(cell)], np.int64)
     else:
-        try:
-            vec = _embed_image(store, es, Path(str(image)), um_per_px, device)
-        except ImageDecodeError as exc:
-            raise InvalidArgumentError(f"--image: {exc}") from None
-        query = {"image": str(image)}
-    dist, ids = searcher.knn(searcher.prepare(vec), int(k), exclude)
-    hits = ids[0][ids[0] >= 0]
+        path = Path(str(image))
+        same = _catalogued(store, searcher.ids, path)
+        if same.size:
+            vec = searcher.vector_of(same[:1])
+            query = {"image": str(image), "matched_cell": int(same[0])}
+            query.update(um_per_px=None, um_per_px_from=None)
+            if not include_self:
+                exclude, also_drop = same[:1], same[1:]
+        else:
+            um, origin = _image_scale(store, path, um_per_px)
+            try:
+                vec = _embed_image(store, es, path, um, device)
+            except ImageDecodeError as exc:
+                raise InvalidArgumentError(f"--image: {exc}") from None
+            query = {"image": str(image), "matched_cell": None, "um_per_px": um}
+            query["um_per_px_from"] = origin
+    dist, ids = searcher.knn(searcher.prepare(vec), int(k) + also_drop.size, exclude)
+    keep = (ids[0] >= 0) & ~np.isin(ids[0], also_drop)
+    hits, dist = ids[0][keep][: int(k)], dist[:, keep][:, : int(k)]
     meta = {r[0]: r[1:] for r in store.cell_meta(hits, ("cell_id", *_META)).rows}
     rows = [
         (int(cid), rank, float(d), *meta[int(cid)])
@@ -133,12 +162,55 @@ def search(
     return SearchResult(es, query, list(RESULT_COLUMNS), rows, out)
 
 
+def _catalogued(
+    store: Store, with_vector: npt.NDArray[np.int64], path: Path
+) -> npt.NDArray[np.int64]:
+    """Return the sorted ids of cells with ``path``'s sha256 and a vector in the set."""
+    digest = hashlib.sha256()  # (hashlib, not card.sha256_file: no torch import)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    rows = store.sql(
+        "SELECT cell_id FROM cells WHERE sha256 = ? ORDER BY cell_id",
+        [digest.hexdigest()],
+    ).rows
+    ids = np.asarray([r[0] for r in rows], dtype=np.int64)
+    return ids[np.isin(ids, with_vector)]
+
+
+def _image_scale(
+    store: Store, path: Path, um_per_px: float | None
+) -> tuple[float | None, str | None]:
+    """Return ``(µm/px, where it came from)`` for an uncatalogued query image."""
+    if um_per_px is not None:
+        if not um_per_px > 0:
+            raise InvalidArgumentError(
+                f"--um-per-px must be a positive pixel size in µm, got {um_per_px}"
+            )
+        return float(um_per_px), "given"
+    here = path.resolve()
+    rows = store.sql("SELECT dataset, root, um_per_px FROM datasets").rows
+    for dataset, root, um in sorted(rows, key=lambda r: -len(str(r[1]))):
+        if um is not None and here.is_relative_to(Path(root).resolve()):
+            return float(um), f"dataset {dataset}"
+    return None, None
+
+
 def _embed_image(
     store: Store, es: EmbeddingSet, path: Path, um_per_px: float | None, device: str
 ) -> npt.NDArray[np.float32]:
     from cytostore.embedder.encoder import Encoder
 
     encoder = Encoder.load(store, es.model, device=device)
+    if um_per_px is None and encoder.preprocessing.um_per_px:
+        logger.warning(
+            "the µm/px of %s is unknown, so it is resized whole, but model %r was "
+            "trained at %.4g µm/px: the hits may be wrong for its scale; give "
+            "--um-per-px (the image's pixel size in µm)",
+            path.name,
+            es.model,
+            encoder.preprocessing.um_per_px,
+        )
     if encoder.dim != es.dim:
         from cytostore.errors import DimensionMismatchError
 

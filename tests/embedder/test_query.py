@@ -39,7 +39,12 @@ def test_search__by_image_equals_its_cell(searchable: Store) -> None:
     um = searchable.cell_meta([2], ["um_per_px"]).rows[0][0]
     result = search(searchable, image=path, um_per_px=um, k=1)
     assert result.rows[0][0] == 2 and result.rows[0][2] == pytest.approx(1.0, abs=1e-4)
-    assert result.query == {"image": str(path)}
+    assert result.query == {
+        "image": str(path),
+        "matched_cell": None,
+        "um_per_px": um,
+        "um_per_px_from": "given",
+    }
 
 
 def test_search__where_and_montage(searchable: Store, tmp_path: Path) -> None:
