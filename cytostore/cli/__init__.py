@@ -10,12 +10,11 @@ modules keep their heavy imports inside the command functions.
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Iterator, MutableMapping
 
 import click
 
-from cytostore.cli._common import CytostoreGroup
+from cytostore.cli._common import CytostoreGroup, configure_output
 
 __all__ = ["main", "COMMANDS"]
 
@@ -109,7 +108,4 @@ def main(verbose: bool) -> None:
         cytostore ingest demo-store demo-data
         cytostore info demo-store
     """
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    configure_output(verbose)

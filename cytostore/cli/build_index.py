@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from cytostore.cli._common import (
+    echo_result,
     echo_summary,
     format_option,
     progress_bar,
@@ -31,7 +32,7 @@ from cytostore.cli._common import (
 @click.option("--ef-search", type=int, default=None, help="HNSW search breadth.")
 @click.option("--rebuild", is_flag=True, help="Rebuild even if it could be extended.")
 @seed_option
-@format_option("table", "json")
+@format_option
 def build_index(
     store: Path,
     model: str | None,
@@ -68,7 +69,7 @@ def build_index(
             seed=seed,
             progress=progress,
         )
-    click.echo(render_report(es.as_dict(), fmt if fmt == "json" else "table"))
+    echo_result(render_report(es.as_dict(), fmt))
     echo_summary(
         f"index {es.index_factory} of set {es.set_id} holds {es.n_indexed} vectors"
     )

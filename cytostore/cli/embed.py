@@ -8,6 +8,7 @@ import click
 
 from cytostore.cli._common import (
     device_option,
+    echo_result,
     echo_summary,
     format_option,
     progress_bar,
@@ -46,7 +47,7 @@ from cytostore.cli._common import (
     help="Embed only shard I of N (1-based) into its own set; join with 'merge'.",
 )
 @device_option
-@format_option("table", "json")
+@format_option
 def embed(
     store: Path,
     model: str,
@@ -85,7 +86,7 @@ def embed(
             device=device,
             progress=progress,
         )
-    click.echo(render_report(report, fmt if fmt == "json" else "table"))
+    echo_result(render_report(report, fmt))
     echo_summary(
         f"embedded {report['embedded']} cells ({report['already']} already done, "
         f"{report['skipped']} skipped); set {report['set_id']} holds "

@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 
 from cytostore.cli._common import (
+    echo_result,
     echo_summary,
     format_option,
-    render_report,
-    render_rows,
+    render_result,
     store_argument,
 )
 
@@ -54,7 +54,7 @@ from cytostore.cli._common import (
     default=None,
     help="Write a PNG: each explained cell followed by its neighbours.",
 )
-@format_option("table", "json")
+@format_option
 def explain(
     store: Path,
     cell: int | None,
@@ -86,19 +86,17 @@ def explain(
         reference_label=reference_label,
         montage=montage,
     )
-    if fmt == "json":
-        click.echo(render_report(result, "json"))
-        return
     pred = result["prediction"]
     who = (
         f"cell {result['cell_id']}"
         if "cell_id" in result
         else f"patient {result['patient']}"
     )
-    click.echo(
-        f"{who}: predicted {pred['label']} (p={pred['probability']:.3f}), "
-        f"recorded {result.get('true_label')}"
-    )
+    if fmt == "table":
+        click.echo(
+            f"{who}: predicted {pred['label']} (p={pred['probability']:.3f}), "
+            f"recorded {result.get('true_label')}"
+        )
     columns = [
         "explained",
         "attention",
@@ -129,6 +127,6 @@ def explain(
                     nb["distance"],
                 ]
             )
-    click.echo(render_rows(columns, rows, "table"))
+    echo_result(render_result(result, fmt, columns, rows))
     if result.get("montage"):
         echo_summary(f"montage written to {result['montage']}")

@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from cytostore.cli._common import (
+    echo_result,
     echo_summary,
     format_option,
     progress_bar,
-    render_report,
-    render_rows,
+    render_result,
     store_argument,
 )
 
@@ -19,7 +19,7 @@ from cytostore.cli._common import (
 @click.command("export")
 @store_argument
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path), metavar="OUT")
-@format_option("table", "json")
+@format_option
 def export(store: Path, out: Path, fmt: str) -> None:
     """Write OUT/cells.parquet and one OUT/embeddings_<model>.parquet per set.
 
@@ -35,9 +35,6 @@ def export(store: Path, out: Path, fmt: str) -> None:
 
     with progress_bar("export", unit="vector") as progress:
         report = Store.open(store).export(out, progress=progress)
-    if fmt == "json":
-        click.echo(render_report(report, "json"))
-    else:
-        rows = [[f["file"], f["rows"]] for f in report["files"]]
-        click.echo(render_rows(["file", "rows"], rows, "table"))
+    rows = [[f["file"], f["rows"]] for f in report["files"]]
+    echo_result(render_result(report, fmt, ["file", "rows"], rows))
     echo_summary(f"exported {len(report['files'])} files to {out}")

@@ -7,9 +7,10 @@ from pathlib import Path
 import click
 
 from cytostore.cli._common import (
+    echo_result,
+    echo_summary,
     format_option,
-    render_report,
-    render_rows,
+    render_result,
     store_argument,
 )
 from cytostore.store import Store
@@ -17,7 +18,7 @@ from cytostore.store import Store
 
 @click.command("info")
 @store_argument
-@format_option("table", "json")
+@format_option
 def info(store: Path, fmt: str) -> None:
     """Summarise a store: datasets, cells, patients, skipped files, models, heads.
 
@@ -30,14 +31,11 @@ def info(store: Path, fmt: str) -> None:
         cytostore info demo-store --format json
     """
     summary = Store.open(store).info()
-    if fmt == "json":
-        click.echo(render_report(summary, "json"))
-        return
     cols = ["dataset", "layout", "cells", "patients", "labels", "skipped", "um_per_px"]
     rows = [[d[c] for c in cols] for d in summary["datasets"]]
-    click.echo(render_rows(cols, rows, "table"))
-    click.echo(
-        f"\n{summary['cells']} cells, {summary['patients']} patients, "
+    echo_result(render_result(summary, fmt, cols, rows))
+    echo_summary(
+        f"{summary['cells']} cells, {summary['patients']} patients, "
         f"{summary['skipped']} skipped; {summary['models']} models, "
         f"{summary['embedding_sets']} embedding sets, {summary['heads']} heads "
         f"(sizes and disk use: cytostore ls {store})"

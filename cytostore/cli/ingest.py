@@ -3,19 +3,51 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cytostore.cli._common import (
+    echo_result,
     echo_summary,
     format_option,
     progress_bar,
-    render_report,
-    render_rows,
+    render_result,
     store_argument,
 )
 
+if TYPE_CHECKING:
+    from cytostore.data import IngestReport
+
 _COLUMNS = ("dataset", "layout", "found", "added", "existing", "skipped", "expected")
+
+
+def _unshown(report: IngestReport) -> list[str]:
+    """The report's warnings, less the count mismatches (the column ``expected``).
+
+    A mismatch of the catalogued and the published count is one warning per
+    dataset; all of them together print as one line pointing at the column.
+    """
+    counts = {
+        d.dataset: f"{d.dataset}: {d.added + d.existing:,} cells catalogued, "
+        for d in report.datasets
+    }
+    mismatched = [
+        name
+        for name, prefix in counts.items()
+        if any(w.startswith(prefix) for w in report.warnings)
+    ]
+    rest = [
+        w
+        for w in report.warnings
+        if not any(w.startswith(counts[name]) for name in mismatched)
+    ]
+    if mismatched:
+        rest.append(
+            f"{', '.join(mismatched)}: the cell count differs from the published "
+            "one (column expected): a partial or modified download?"
+        )
+    return rest
 
 
 @click.command("ingest")
@@ -65,7 +97,7 @@ _COLUMNS = ("dataset", "layout", "found", "added", "existing", "skipped", "expec
     default=None,
     help="Decoding processes (default: all CPU cores).",
 )
-@format_option("table", "json")
+@format_option
 def ingest(
     store: Path,
     path: Path,
@@ -107,12 +139,9 @@ def ingest(
             workers=workers,
             progress=progress,
         )
-    if fmt == "json":
-        click.echo(render_report(report.to_dict(), "json"))
-    else:
-        rows = [[getattr(d, c) for c in _COLUMNS] for d in report.datasets]
-        click.echo(render_rows(_COLUMNS, rows, "table"))
-    for warning in report.warnings:
+    rows = [[getattr(d, c) for c in _COLUMNS] for d in report.datasets]
+    echo_result(render_result(report.to_dict(), fmt, _COLUMNS, rows))
+    for warning in _unshown(report):
         click.echo(f"warning: {warning}", err=True)
     echo_summary(
         f"ingested {report.added} new cells ({report.skipped} skipped) into {store}"

@@ -8,9 +8,11 @@ from typing import Any
 import click
 
 from cytostore.cli._common import (
+    echo_result,
     echo_summary,
     format_option,
     render_report,
+    render_result,
     render_rows,
     store_argument,
 )
@@ -66,7 +68,7 @@ _EMPTY_COLUMNS = {
     help="Do the safe repairs: rebuild indexes, truncate uncommitted tails, "
     "delete stale temporaries.",
 )
-@format_option("table", "json")
+@format_option
 def verify(store: Path, images: bool, repair: bool, fmt: str) -> None:
     """Check every store file against the catalog and its recorded checksum.
 
@@ -80,15 +82,20 @@ def verify(store: Path, images: bool, repair: bool, fmt: str) -> None:
         cytostore verify demo-store --images --format json
     """  # noqa: D301 - click needs the \b character
     report = Store.open(store).verify(images=images, repair=repair)
-    if fmt == "json":
-        click.echo(render_report(report.as_dict(), "json"))
-    else:
+    if fmt != "json":
         for p in report.repaired:
             click.echo(f"repaired: {p.object}: {p.message}", err=True)
+    if fmt == "table":
         for p in report.problems:
             click.echo(f"{p.kind}: {p.object}: {p.message}; fix: {p.fix}")
         if report.ok:
             click.echo(f"ok: {report.files} files, {report.sets} sets checked")
+    else:
+        rows = [[p.kind, p.object, p.message, p.fix] for p in report.problems]
+        columns = ["kind", "object", "message", "fix"]
+        echo_result(render_result(report.as_dict(), fmt, columns, rows))
+        if report.ok and fmt != "json":
+            echo_summary(f"ok: {report.files} files, {report.sets} sets checked")
     if report.unchecked:
         echo_summary(
             f"{len(report.unchecked)} files have no recorded checksum (written "
@@ -105,7 +112,7 @@ def verify(store: Path, images: bool, repair: bool, fmt: str) -> None:
     required=False,
     type=click.Choice(["models", "sets", "heads", "tables"]),
 )
-@format_option("table", "csv", "json", "jsonl")
+@format_option
 def ls(store: Path, what: str | None, fmt: str) -> None:
     """List the models, embedding sets, heads and tables of STORE, with disk use.
 
@@ -119,11 +126,19 @@ def ls(store: Path, what: str | None, fmt: str) -> None:
     """  # noqa: D301 - click needs the \b character
     groups = Store.open(store).ls(what)
     if what is not None:
-        click.echo(_render_group(what, groups[what], fmt))
+        echo_result(_render_group(what, groups[what], fmt))
         echo_summary(f"{len(groups[what])} {what}")
         return
     if fmt == "json":
         click.echo(render_report(groups, "json"))
+        return
+    if fmt == "jsonl":  # one object a line, each saying its group
+        lines = [
+            render_report({"group": g, **row}, "jsonl")
+            for g, rows in groups.items()
+            for row in rows
+        ]
+        echo_result("\n".join(lines))
         return
     blocks = [f"{g}:\n{_render_group(g, rows, fmt)}" for g, rows in groups.items()]
     click.echo("\n\n".join(blocks))
@@ -149,7 +164,7 @@ def ls(store: Path, what: str | None, fmt: str) -> None:
     show_default=True,
     help="Keep temporaries (and unregistered model/head folders) younger than this.",
 )
-@format_option("table", "json")
+@format_option
 def gc(
     store: Path, dry_run: bool, cache: bool, all_caches: bool, grace_s: float, fmt: str
 ) -> None:
@@ -169,11 +184,8 @@ def gc(
         all_caches=all_caches,
         grace_s=grace_s,
     )
-    if fmt == "json":
-        click.echo(render_report(report.as_dict(), "json"))
-    else:
-        rows = [[r["path"], r["bytes"], r["why"]] for r in report.removed]
-        click.echo(render_rows(["path", "bytes", "why"], rows, "table"))
+    rows = [[r["path"], r["bytes"], r["why"]] for r in report.removed]
+    echo_result(render_result(report.as_dict(), fmt, ["path", "bytes", "why"], rows))
     for kept in report.kept:
         echo_summary(f"kept {kept['path']}: {kept['why']}")
     verb = "would remove" if dry_run else "removed"
@@ -197,7 +209,10 @@ def gc(
     help="Cells whose file is checked by sha256 first.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-def relocate(store: Path, dataset: str, new_root: Path, sample: int, seed: int) -> None:
+@format_option
+def relocate(
+    store: Path, dataset: str, new_root: Path, sample: int, seed: int, fmt: str
+) -> None:
     """Point DATASET at NEW_ROOT, the folder now holding its images.
 
     For a store copied or moved with its images: a random sample of the dataset's
@@ -208,7 +223,11 @@ def relocate(store: Path, dataset: str, new_root: Path, sample: int, seed: int) 
         cytostore relocate demo-store lmu /mnt/data/lmu
     """  # noqa: D301 - click needs the \b character
     report = Store.open(store).relocate(dataset, new_root, sample=sample, seed=seed)
-    click.echo(
-        f"dataset {report['dataset']}: {report['old_root']} -> {report['new_root']} "
-        f"({report['checked']} of {report['cells']} cells checked)"
-    )
+    if fmt == "table":
+        click.echo(
+            f"dataset {report['dataset']}: {report['old_root']} -> "
+            f"{report['new_root']} ({report['checked']} of {report['cells']} cells "
+            "checked)"
+        )
+    else:
+        echo_result(render_report(report, fmt))

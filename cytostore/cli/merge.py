@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cytostore.cli._common import (
+    echo_result,
     echo_summary,
     format_option,
     progress_bar,
@@ -20,7 +21,7 @@ from cytostore.cli._common import (
 @click.option(
     "--model", default=None, help="Model whose shards to join (default: the only one)."
 )
-@format_option("table", "json")
+@format_option
 def merge(store: Path, model: str | None, fmt: str) -> None:
     """Join the shard sets written by 'embed --shard I/N' into the model's set.
 
@@ -36,7 +37,7 @@ def merge(store: Path, model: str | None, fmt: str) -> None:
 
     with progress_bar("merge", unit="vector") as progress:
         report = Store.open(store).merge(model, progress=progress)
-    click.echo(render_report(report, fmt if fmt == "json" else "table"))
+    echo_result(render_report(report, fmt))
     echo_summary(
         f"merged shards {', '.join(report['shards'])} of {report['model']}: "
         f"{report['added']} vectors added, {report['n_vectors']} in set "

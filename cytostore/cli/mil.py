@@ -72,7 +72,7 @@ from cytostore.cli._common import (
 )
 @seed_option
 @device_option
-@format_option("table", "json")
+@format_option
 def mil(
     store: Path,
     model: str | None,

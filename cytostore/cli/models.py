@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cytostore.cli._common import (
+    echo_result,
     echo_summary,
     format_option,
     store_argument,
@@ -16,7 +17,7 @@ from cytostore.store import Store
 
 @click.command("models")
 @store_argument
-@format_option("table", "csv", "json", "jsonl")
+@format_option
 def models(store: Path, fmt: str) -> None:
     """List the models registered in STORE, with their training summary.
 
@@ -32,5 +33,5 @@ def models(store: Path, fmt: str) -> None:
     from cytostore.store import list_models
 
     rows = list_models(Store.open(store))
-    click.echo(render_models(rows, fmt))
+    echo_result(render_models(rows, fmt))
     echo_summary(f"{len(rows)} models")

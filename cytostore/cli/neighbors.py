@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cytostore.cli._common import (
+    echo_result,
     echo_summary,
     format_option,
     progress_bar,
@@ -24,7 +25,7 @@ from cytostore.cli._common import (
 @where_option
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Neighbours.")
 @click.option("--into", required=True, help="Table to (re)create, e.g. knn10.")
-@format_option("table", "json")
+@format_option
 def neighbors(
     store: Path, model: str | None, where: str | None, k: int, into: str, fmt: str
 ) -> None:
@@ -46,5 +47,5 @@ def neighbors(
         report = Store.open(store).neighbors(
             into, k, model=model, where=where, progress=progress
         )
-    click.echo(render_report(report, fmt if fmt == "json" else "table"))
+    echo_result(render_report(report, fmt))
     echo_summary(f"wrote {report['rows']} rows for {report['cells']} cells into {into}")

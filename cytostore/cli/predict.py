@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from cytostore.cli._common import (
+    echo_result,
     echo_summary,
     format_option,
     progress_bar,
-    render_report,
-    render_rows,
+    render_result,
     store_argument,
     where_option,
 )
@@ -23,7 +23,7 @@ from cytostore.cli._common import (
     "--head", required=True, help="Name of a saved head (see 'cytostore info')."
 )
 @where_option
-@format_option("table", "json")
+@format_option
 def predict(store: Path, head: str, where: str | None, fmt: str) -> None:
     """Apply a saved head to cells (MIL: new patients) and store the predictions.
 
@@ -36,11 +36,8 @@ def predict(store: Path, head: str, where: str | None, fmt: str) -> None:
 
     with progress_bar("predict") as progress:
         result = run_predict(Path(store), head, where=where, progress=progress)
-    if fmt == "json":
-        click.echo(render_report(result, "json"))
-    else:
-        rows = sorted(result["label_counts"].items())
-        click.echo(render_rows(["label", "count"], rows, "table"))
+    rows = sorted(result["label_counts"].items())
+    echo_result(render_result(result, fmt, ["label", "count"], rows))
     extra = (
         f" ({result['skipped_trained_patients']} training patients kept their "
         "out-of-fold predictions)"

@@ -8,6 +8,7 @@ import click
 
 from cytostore.cli._common import (
     device_option,
+    echo_result,
     echo_summary,
     format_option,
     progress_bar,
@@ -127,7 +128,7 @@ BACKBONE_CHOICES = ("tiny", "resnet18", "resnet34", "resnet50", "vit_s16")
     help="Labelled cells held out for the per-epoch kNN monitor (0: none).",
 )
 @seed_option
-@format_option("table", "json")
+@format_option
 def pretrain(
     store: Path,
     name: str,
@@ -214,7 +215,7 @@ def pretrain(
         )
     }
     shown["knn_monitor"] = card.knn_accuracy
-    click.echo(render_report(doc if fmt == "json" else shown, fmt))
+    echo_result(render_report(doc if fmt in ("json", "jsonl") else shown, fmt))
     knn = "" if card.knn_accuracy is None else f", kNN monitor {card.knn_accuracy:.3f}"
     echo_summary(
         f"registered {card.name}: {card.method}/{card.backbone}, {card.epochs} epochs "

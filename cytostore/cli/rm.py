@@ -8,10 +8,10 @@ from typing import Any
 import click
 
 from cytostore.cli._common import (
+    echo_result,
     echo_summary,
     format_option,
-    render_report,
-    render_rows,
+    render_result,
     store_argument,
 )
 
@@ -81,7 +81,7 @@ def _summary(report: dict[str, Any]) -> str:
     "tables) instead of refusing.",
 )
 @click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
-@format_option("table", "json")
+@format_option
 def rm(
     store: Path,
     kind: str,
@@ -115,8 +115,6 @@ def rm(
         cascade=cascade,
         dry_run=dry_run,
     )
-    if fmt == "json":
-        click.echo(render_report(report, "json"))
-    else:
-        click.echo(render_rows(["removed", "name", "count"], _rows(report), "table"))
+    columns = ["removed", "name", "count"]
+    echo_result(render_result(report, fmt, columns, _rows(report)))
     echo_summary(_summary(report))

@@ -8,6 +8,7 @@ import click
 
 from cytostore.cli._common import (
     device_option,
+    echo_result,
     echo_summary,
     format_option,
     render_rows,
@@ -45,7 +46,7 @@ from cytostore.cli._common import (
     default=None,
     help="Also write a PNG of the query and its hits.",
 )
-@format_option("table", "csv", "json")
+@format_option
 @device_option
 def search(
     store: Path,
@@ -86,7 +87,7 @@ def search(
         montage=montage,
         device=device,
     )
-    click.echo(render_rows(result.columns, result.rows, fmt))
+    echo_result(render_rows(result.columns, result.rows, fmt))
     es = result.embedding_set
     summary = f"{len(result.rows)} hits in set {es.set_id} ({es.model}, {es.metric})"
     if result.montage is not None:

@@ -6,14 +6,19 @@ from pathlib import Path
 
 import click
 
-from cytostore.cli._common import format_option, render_rows, store_argument
+from cytostore.cli._common import (
+    echo_result,
+    format_option,
+    render_rows,
+    store_argument,
+)
 from cytostore.store import Store
 
 
 @click.command("sql")
 @store_argument
 @click.argument("query")
-@format_option()
+@format_option
 @click.option(
     "--timeout",
     "timeout_s",
@@ -40,4 +45,4 @@ def sql(store: Path, query: str, fmt: str, timeout_s: float | None) -> None:
         cytostore sql demo-store "DESCRIBE cell_meta" --format json
     """
     result = Store.open(store).sql(query, timeout_s=timeout_s)
-    click.echo(render_rows(result.columns, result.rows, fmt))
+    echo_result(render_rows(result.columns, result.rows, fmt))

@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from cytostore.cli._common import (
+    echo_result,
     echo_summary,
     format_option,
     progress_bar,
-    render_report,
-    render_rows,
+    render_result,
     seed_option,
 )
 
@@ -58,7 +58,7 @@ _DATASETS = ("lmu", "mll_helmholtz", "bm")
     show_default=True,
     help="Processes drawing the images (the files do not depend on it).",
 )
-@format_option("table", "json")
+@format_option
 def synth(
     out: Path,
     cells_per_dataset: int,
@@ -106,8 +106,5 @@ def synth(
         ]
         for d in report.datasets.values()
     ]
-    if fmt == "json":
-        click.echo(render_report(report.to_dict(), "json"))
-    else:
-        click.echo(render_rows(_COLUMNS, rows, "table"))
+    echo_result(render_result(report.to_dict(), fmt, _COLUMNS, rows))
     echo_summary(f"wrote {report.n_cells} synthetic cells to {out} (seed {seed})")

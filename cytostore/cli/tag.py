@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cytostore.cli._common import (
+    echo_result,
     echo_summary,
     format_option,
     render_report,
@@ -23,7 +24,7 @@ from cytostore.cli._common import (
 )
 @click.option("--add", "add", multiple=True, help="Tag to attach (repeatable).")
 @click.option("--remove", "remove", multiple=True, help="Tag to remove (repeatable).")
-@format_option("table", "json")
+@format_option
 def tag(
     store: Path, where: str, add: tuple[str, ...], remove: tuple[str, ...], fmt: str
 ) -> None:
@@ -41,7 +42,7 @@ def tag(
     from cytostore.store import Store
 
     report = Store.open(store).tag(where, add=add, remove=remove)
-    click.echo(render_report(report, fmt))
+    echo_result(render_report(report, fmt))
     echo_summary(
         f"{report['cells']} cells selected: {report['added']} tags added, "
         f"{report['removed']} removed"

@@ -13,13 +13,15 @@ steps done for a fixed number of epochs, or the fraction of the time budget used
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,16 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Lightning's loggers (its INFO lines are hidden during a run unless -v).
+_LIGHTNING_LOGGERS = (
+    "pytorch_lightning",
+    "lightning_fabric",
+    "lightning.pytorch",
+    "lightning.fabric",
+)
+#: Modules whose warnings are hidden during a run unless -v.
+_QUIET_MODULES = r"(pytorch_lightning|lightning_fabric|lightning|lightly|torch)(\.|$)"
 
 #: File name of the resumable checkpoint inside a run's checkpoint folder.
 CHECKPOINT_NAME = "last.ckpt"
@@ -424,39 +436,40 @@ def train_ssl(
     cbs: list[pl.Callback] = [history, _EpochCheckpoint(ckpt_path), *callbacks]
     if progress is not None:
         cbs.append(_Progress(progress, module))
-    trainer = pl.Trainer(
-        accelerator=accelerator,
-        devices=dev,
-        num_nodes=num_nodes,
-        strategy=strategy,
-        precision=lightning_precision,  # type: ignore[arg-type]
-        max_epochs=epochs if epochs is not None else -1,
-        max_time=_dt.timedelta(seconds=max_s) if max_s is not None else None,
-        callbacks=cbs,
-        logger=False,
-        default_root_dir=str(run_dir),
-        enable_progress_bar=progress_bar,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-        log_every_n_steps=1,
-    )
-    loader = _loader(images_u8, rows, domains, config, trainer)
-    try:
-        trainer.fit(
-            module, loader, ckpt_path=str(ckpt_path) if ckpt is not None else None
+    with _lightning_quiet():
+        trainer = pl.Trainer(
+            accelerator=accelerator,
+            devices=dev,
+            num_nodes=num_nodes,
+            strategy=strategy,
+            precision=lightning_precision,  # type: ignore[arg-type]
+            max_epochs=epochs if epochs is not None else -1,
+            max_time=_dt.timedelta(seconds=max_s) if max_s is not None else None,
+            callbacks=cbs,
+            logger=False,
+            default_root_dir=str(run_dir),
+            enable_progress_bar=progress_bar,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,
+            log_every_n_steps=1,
         )
-    except TrainingDivergedError as exc:
-        kept = (
-            f"the last good checkpoint is kept at {ckpt_path}"
-            if ckpt_path.is_file()
-            else "no epoch had finished, so there is no checkpoint"
-        )
-        raise TrainingDivergedError(
-            f"{exc}; {kept}. Lower the learning rate (--lr) or use another method, "
-            "and start a new run (or --resume with the same configuration)"
-        ) from exc
+        loader = _loader(images_u8, rows, domains, config, trainer)
+        try:
+            trainer.fit(
+                module, loader, ckpt_path=str(ckpt_path) if ckpt is not None else None
+            )
+        except TrainingDivergedError as exc:
+            kept = (
+                f"the last good checkpoint is kept at {ckpt_path}"
+                if ckpt_path.is_file()
+                else "no epoch had finished, so there is no checkpoint"
+            )
+            raise TrainingDivergedError(
+                f"{exc}; {kept}. Lower the learning rate (--lr) or use another method, "
+                "and start a new run (or --resume with the same configuration)"
+            ) from exc
     wall_s = module.elapsed_s
     module._fit_started = None
     final = history.epochs[-1] if history.epochs else {}
@@ -470,6 +483,36 @@ def train_ssl(
         stopped_by="epochs" if epochs is not None and done_epochs >= epochs else "time",
         checkpoint=ckpt_path,
     )
+
+
+@contextlib.contextmanager
+def _lightning_quiet() -> Iterator[None]:
+    """Hide Lightning's INFO lines and third-party warnings during a run.
+
+    Lightning logs its hardware lines, tips ("💡 Tip: ... litlogger") and stop
+    reasons at INFO on its own loggers, whose level it sets itself on import, and
+    torch/Lightning emit deprecation warnings from inside ``fit``. While the run
+    lasts, those loggers log warnings and errors only and those warnings are
+    ignored, unless this module's logger is enabled for INFO (``cytostore -v``,
+    or an application that configured logging at INFO), which shows everything.
+    Levels and warning filters are restored afterwards.
+    """
+    if logger.isEnabledFor(logging.INFO):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=_QUIET_MODULES)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
 
 
 def _loader(

@@ -69,9 +69,9 @@ def test_info_cli__table_and_json(small_store: Path) -> None:
     result = CliRunner().invoke(main, ["info", str(small_store)])
     assert result.exit_code == 0
     assert result.output.splitlines()[2].split()[:5] == ["lmu", "lmu", "2", "0", "2"]
-    assert "2 cells, 0 patients, 0 skipped" in result.output
+    assert "2 cells, 0 patients, 0 skipped" in result.stderr  # the summary line
     doc = json.loads(
-        CliRunner().invoke(main, ["info", str(small_store), "--format", "json"]).output
+        CliRunner().invoke(main, ["info", str(small_store), "--format", "json"]).stdout
     )
     assert doc["cells"] == 2 and doc["datasets"][0]["dataset"] == "lmu"
 
