@@ -102,7 +102,7 @@ def mil(
     from cytostore.heads.mil import mil as run_mil
 
     with progress_bar("folds", unit="fold") as progress:
-        report = run_mil(
+        result = run_mil(
             Path(store),
             model,
             bag=bag,
@@ -117,6 +117,7 @@ def mil(
             device=device,
             progress=progress,
         )
+    report = result.to_dict()
     click.echo(render_head_report(report, fmt))
     echo_summary(
         f"head {report['head']!r} saved: balanced accuracy "

@@ -144,7 +144,7 @@ def probe(
     from cytostore.heads.probe import probe as run_probe
 
     with progress_bar("folds", unit="fold") as progress:
-        report = run_probe(
+        result = run_probe(
             Path(store),
             model,
             label,
@@ -165,6 +165,7 @@ def probe(
             device=device,
             progress=progress,
         )
+    report = result.to_dict()
     click.echo(render_head_report(report, fmt))
     echo_summary(
         f"head {report['head']!r} saved: balanced accuracy "

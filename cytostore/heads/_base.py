@@ -117,7 +117,7 @@ def decode_classes(doc: Any) -> npt.NDArray[Any]:
     return np.asarray(values, dtype=dtype)
 
 
-class BaseHead(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+class BaseHead(ClassifierMixin, BaseEstimator):
     """Base of every head: sklearn's contract, label encoding, saving without pickle.
 
     A fitted head is saved without pickle: :meth:`get_state` returns its learned

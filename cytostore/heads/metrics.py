@@ -1,60 +1,41 @@
-"""Classification metrics (numpy), one-vs-rest AUROC, bootstrap confidence intervals.
+"""Metrics of the heads: ``sklearn.metrics`` in the report's schema, plus bootstrap CIs.
 
-Definitions follow scikit-learn's (tested against it): balanced accuracy is the mean
-recall over classes present in ``y_true``; macro/weighted F1 average over the labels
-present in ``y_true`` or ``y_pred``; the macro AUROC averages one-vs-rest AUROCs over
-classes with both positives and negatives.
+Every number comes from ``sklearn.metrics`` (accuracy, balanced accuracy, macro and
+weighted F1, per-class precision/recall/F1, confusion matrix, ROC AUC). What
+scikit-learn lacks, and is kept here (one line each):
+
+- :func:`classification_metrics`: the report's ``{metric: float, "per_class": ...}``
+  dict, sklearn's warnings about absent classes silenced (they are expected in folds);
+- :func:`auroc_ovr`: macro one-vs-rest AUROC over the classes that have positives and
+  negatives (sklearn raises when a fold or resample lacks a class);
+- :func:`bootstrap_ci`: percentile bootstrap intervals (patients resampled for MIL);
+  its resamples count confusion matrices with numpy (``_fast_metrics``, tested equal
+  to sklearn) because 1000 resamples of sklearn's scorers take seconds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from sklearn import metrics as skm
 
-__all__ = [
-    "METRICS",
-    "confusion_matrix",
-    "classification_metrics",
-    "auroc_ovr",
-    "bootstrap_ci",
-]
+__all__ = ["METRICS", "auroc_ovr", "bootstrap_ci", "classification_metrics"]
 
 #: Headline metrics of every report, in order.
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1")
 
 
-def confusion_matrix(
-    y_true: Sequence[Any] | npt.NDArray[Any],
-    y_pred: Sequence[Any] | npt.NDArray[Any],
-    labels: Sequence[Any],
-) -> npt.NDArray[np.int64]:
-    """Return counts ``C[i, j]`` of true ``labels[i]`` predicted as ``labels[j]``.
-
-    Examples:
-        >>> confusion_matrix(["a", "a", "b"], ["a", "b", "b"], ["a", "b"]).tolist()
-        [[1, 1], [0, 1]]
-    """
-    pos = {lab: i for i, lab in enumerate(labels)}
-    k = len(labels)
-    t = np.asarray(
-        [pos.get(v, -1) for v in np.asarray(y_true).tolist()], dtype=np.int64
-    )
-    p = np.asarray(
-        [pos.get(v, -1) for v in np.asarray(y_pred).tolist()], dtype=np.int64
-    )
-    ok = (t >= 0) & (p >= 0)
-    return (
-        np.bincount(t[ok] * k + p[ok], minlength=k * k).reshape(k, k).astype(np.int64)
-    )
-
-
-def _safe_div(
-    a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]
-) -> npt.NDArray[np.float64]:
-    return np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b > 0)
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence sklearn's warnings about classes absent from a fold."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def classification_metrics(
@@ -78,55 +59,36 @@ def classification_metrics(
         >>> m["accuracy"], m["balanced_accuracy"], round(m["macro_f1"], 4)
         (0.75, 0.75, 0.7333)
     """
-    t = np.asarray(y_true)
-    p = np.asarray(y_pred)
+    t, p = np.asarray(y_true), np.asarray(y_pred)
     present = sorted(set(t.tolist()) | set(p.tolist()), key=str)
-    all_labels = list(labels) if labels is not None else present
-    for lab in present:
-        if lab not in all_labels:
-            all_labels.append(lab)
-    cm = confusion_matrix(t, p, all_labels).astype(np.float64)
-    tp = np.diag(cm)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    precision = _safe_div(tp, predicted)
-    recall = _safe_div(tp, support)
-    f1 = _safe_div(2 * precision * recall, precision + recall)
-    in_union = np.asarray([lab in set(present) for lab in all_labels])
-    has_support = support > 0
-    n = t.size
-    return {
-        "accuracy": float(tp.sum() / n) if n else float("nan"),
-        "balanced_accuracy": float(recall[has_support].mean())
-        if has_support.any()
-        else float("nan"),
-        "macro_f1": float(f1[in_union].mean()) if in_union.any() else float("nan"),
-        "weighted_f1": float((f1 * support).sum() / support.sum())
-        if support.sum()
-        else float("nan"),
-        "per_class": {
-            str(lab): {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, lab in enumerate(all_labels)
-            if labels is None or lab in set(labels) or in_union[i]
-        },
-        "n": int(n),
+    shown = list(labels) if labels is not None else present
+    shown += [lab for lab in present if lab not in shown]
+    if t.size == 0:
+        nan = float("nan")
+        return dict.fromkeys(METRICS, nan) | {"per_class": {}, "n": 0}
+    with _quiet():
+        prec, rec, f1, sup = skm.precision_recall_fscore_support(
+            t, p, labels=shown, zero_division=0
+        )
+        out: dict[str, Any] = {
+            "accuracy": float(skm.accuracy_score(t, p)),
+            "balanced_accuracy": float(skm.balanced_accuracy_score(t, p)),
+            "macro_f1": float(skm.f1_score(t, p, average="macro", zero_division=0)),
+            "weighted_f1": float(
+                skm.f1_score(t, p, average="weighted", zero_division=0)
+            ),
+        }
+    out["per_class"] = {
+        str(lab): {
+            "precision": float(prec[i]),
+            "recall": float(rec[i]),
+            "f1": float(f1[i]),
+            "support": int(sup[i]),
+        }
+        for i, lab in enumerate(shown)
     }
-
-
-def _binary_auroc(pos: npt.NDArray[np.bool_], score: npt.NDArray[np.float64]) -> float:
-    from scipy.stats import rankdata
-
-    n_pos = int(pos.sum())
-    n_neg = pos.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    out["n"] = int(t.size)
+    return out
 
 
 def auroc_ovr(
@@ -134,7 +96,7 @@ def auroc_ovr(
     proba: npt.NDArray[np.floating[Any]],
     labels: Sequence[Any],
 ) -> float:
-    """Return the macro one-vs-rest AUROC (Mann-Whitney, ties counted half).
+    """Return the macro one-vs-rest AUROC (``sklearn.metrics.roc_auc_score``).
 
     Args:
         y_true: True labels, shape (n,).
@@ -150,25 +112,25 @@ def auroc_ovr(
         1.0
     """
     t = np.asarray(y_true)
-    aucs = [
-        _binary_auroc(t == lab, np.asarray(proba, dtype=np.float64)[:, j])
-        for j, lab in enumerate(labels)
-    ]
-    valid = [a for a in aucs if not np.isnan(a)]
-    return float(np.mean(valid)) if valid else float("nan")
+    scores = np.asarray(proba, dtype=np.float64)
+    aucs = []
+    for j, lab in enumerate(labels):
+        pos = t == lab
+        if pos.any() and not pos.all():
+            aucs.append(float(skm.roc_auc_score(pos, scores[:, j])))
+    return float(np.mean(aucs)) if aucs else float("nan")
 
 
 def _fast_metrics(
     t: npt.NDArray[np.int64], p: npt.NDArray[np.int64], k: int
 ) -> dict[str, float]:
-    """Headline metrics of integer-coded labels (the same definitions, vectorised)."""
+    """Headline metrics of integer-coded labels (sklearn's definitions, vectorised)."""
     cm = np.bincount(t * k + p, minlength=k * k).reshape(k, k).astype(np.float64)
-    tp = np.diag(cm)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    precision = _safe_div(tp, predicted)
-    recall = _safe_div(tp, support)
-    f1 = _safe_div(2 * precision * recall, precision + recall)
+    tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(k), where=denom > 0)
     present = (support > 0) | (predicted > 0)
     return {
         "accuracy": float(tp.sum() / t.size),
@@ -203,34 +165,28 @@ def bootstrap_ci(
     Returns:
         ``{metric: (low, high)}`` for each of :data:`METRICS` (and ``"auroc"``).
     """
-    t = np.asarray(y_true)
-    p = np.asarray(y_pred)
+    t, p = np.asarray(y_true), np.asarray(y_pred)
     rng = np.random.default_rng(seed)
-    names = list(METRICS) + (["auroc"] if proba is not None else [])
+    scores = None if proba is None or labels is None else np.asarray(proba)
+    names = list(METRICS) + (["auroc"] if scores is not None else [])
     draws: dict[str, list[float]] = {m: [] for m in names}
-    vocab = {
-        v: i for i, v in enumerate(sorted(set(t.tolist()) | set(p.tolist()), key=str))
-    }
+    vocab = {v: i for i, v in enumerate(sorted(set(t.tolist()) | set(p.tolist())))}
     ti = np.asarray([vocab[v] for v in t.tolist()], dtype=np.int64)
     pi = np.asarray([vocab[v] for v in p.tolist()], dtype=np.int64)
-    k = len(vocab)
-    n = t.size
     for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        for name, value in _fast_metrics(ti[idx], pi[idx], k).items():
+        idx = rng.integers(0, t.size, t.size)
+        for name, value in _fast_metrics(ti[idx], pi[idx], len(vocab)).items():
             draws[name].append(value)
-        if proba is not None and labels is not None:
-            draws["auroc"].append(auroc_ovr(t[idx], np.asarray(proba)[idx], labels))
+        if scores is not None and labels is not None:
+            draws["auroc"].append(auroc_ovr(t[idx], scores[idx], labels))
     alpha = (1.0 - level) / 2.0
     out: dict[str, tuple[float, float]] = {}
     for name, values in draws.items():
         arr = np.asarray(values, dtype=np.float64)
         arr = arr[~np.isnan(arr)]
-        if arr.size == 0:
-            out[name] = (float("nan"), float("nan"))
-        else:
-            out[name] = (
-                float(np.quantile(arr, alpha)),
-                float(np.quantile(arr, 1 - alpha)),
-            )
+        out[name] = (
+            (float(np.quantile(arr, alpha)), float(np.quantile(arr, 1 - alpha)))
+            if arr.size
+            else (float("nan"), float("nan"))
+        )
     return out

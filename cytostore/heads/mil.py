@@ -2,8 +2,12 @@
 
 Out-of-fold outputs go to the catalog: each patient's prediction and each cell's
 attention come from the fold that tested that patient (tables ``patient_predictions``
-and ``attention``). The saved head is refitted on every bag for the median number of
-epochs that early stopping chose in the folds.
+and ``attention``). The saved head is refitted on every bag for the number of epochs
+that :func:`refit_epochs` chooses from the folds' early stopping.
+
+Every report carries a baseline on the same folds, so that attention must earn its
+place: each bag becomes the mean of its cells' embeddings and a
+:class:`~cytostore.heads.linear.LinearProbe` classifies those means.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,22 +28,19 @@ import numpy.typing as npt
 
 from cytostore.errors import InvalidArgumentError, LabelError, SplitError
 from cytostore.heads._data import Cells, load_cells, missing_label, open_store
-from cytostore.heads.abmil import ABMILHead
-from cytostore.heads.metrics import METRICS, auroc_ovr, classification_metrics
-from cytostore.heads.registry import (
-    check_head_name,
-    head_dir,
-    save_head,
-    weights_of,
+from cytostore.heads.abmil import ABMILHead, refit_epochs
+from cytostore.heads.evaluate import (
+    CVResult,
+    FoldPlan,
+    FoldResult,
+    Summary,
+    cross_validate,
+    make_folds,
 )
-from cytostore.heads.report import aggregate, confusion_png
-from cytostore.heads.splits import (
-    Fold,
-    assign_split,
-    check_class_counts,
-    read_split_specs,
-    stratified_folds,
-)
+from cytostore.heads.linear import LinearProbe
+from cytostore.heads.registry import check_head_name, head_dir, save_head
+from cytostore.heads.report import confusion_png
+from cytostore.heads.splits import Fold
 from cytostore.store import (
     Store,
     safe_identifier,
@@ -44,7 +48,7 @@ from cytostore.store import (
     write_patient_predictions,
 )
 
-__all__ = ["mil", "Bagged", "make_bags"]
+__all__ = ["Bagged", "Baseline", "MILReport", "make_bags", "mil", "refit_epochs"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +135,102 @@ def make_bags(
     return Bagged(keys, rows, labels), excluded
 
 
+#: The decision rule of the report, by ``prior_correction``.
+DECISION_RULES = {
+    False: "argmax of the posterior (head trained with class-balanced loss)",
+    True: "argmax of posterior / training class prior (unweighted loss)",
+}
+#: How the baseline is named in reports.
+BASELINE = "mean pooling + LinearProbe"
+
+
+@dataclass
+class Baseline:
+    """Mean pooling + linear probe on the same folds as the attention head.
+
+    Attributes:
+        method: ``"mean pooling + LinearProbe"``.
+        summary: Its fold means, sds, pooled metrics and bootstrap intervals.
+        folds: Its per-fold results.
+    """
+
+    method: str
+    summary: Summary
+    folds: list[FoldResult]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report's ``baseline`` entry (the metric schema, plus folds)."""
+        out = {"method": self.method} | self.summary.to_dict()
+        return out | {"folds": [f.to_dict() for f in self.folds]}
+
+
+@dataclass
+class MILReport:
+    """What ``mil`` measured and saved (``to_dict()``: the JSON report).
+
+    Attributes:
+        head: Name of the saved head.
+        model: The model whose cell embeddings formed the bags.
+        label: The bag label column.
+        bag: The bag column.
+        split: ``stratified K-fold (patients)`` or the split file.
+        classes: The classes.
+        summary: Out-of-fold metrics of the attention head, with AUROC and CIs.
+        folds: Per-fold results (with ``best_epoch``).
+        baseline: Mean pooling + linear probe on the same folds.
+        n_bags: Bags used.
+        n_train: Mean training bags per fold.
+        n_test: Bags tested out of fold.
+        excluded: Cells or bags left out, by reason.
+        refit_epochs: Epochs of the saved head's refit on every bag: the median
+            of the folds' best epochs (rounded up), at least ``min_epochs``.
+        confusion_png: The confusion matrix image.
+        attention_rows: Rows written to ``attention``.
+        patient_prediction_rows: Rows written to ``patient_predictions``.
+        decision_rule: How a patient's class is decided from the posterior.
+    """
+
+    head: str
+    model: str | int | None
+    label: str
+    bag: str
+    split: str
+    classes: list[str]
+    summary: Summary
+    folds: list[FoldResult]
+    baseline: Baseline
+    n_bags: int
+    n_train: int
+    n_test: int
+    excluded: dict[str, Any]
+    refit_epochs: int
+    confusion_png: str
+    attention_rows: int
+    patient_prediction_rows: int
+    decision_rule: str = ""
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """Return the attention head's mean balanced accuracy over folds."""
+        return self.summary.mean["balanced_accuracy"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report in the schema of :mod:`cytostore.heads.report`."""
+        out = self.summary.to_dict() | {"folds": [f.to_dict() for f in self.folds]}
+        base = self.baseline.summary.pooled
+        out["baseline"] = self.baseline.to_dict()
+        out["attention_vs_baseline"] = {
+            m: {"attention": self.summary.pooled[m], "baseline": base[m]}
+            for m in ("balanced_accuracy", "auroc")
+        }
+        keys: tuple[str, ...] = ("n_bags", "n_train", "n_test", "excluded", "head")
+        out |= {k: getattr(self, k) for k in keys} | {"kind": "abmil"}
+        keys = ("model", "label", "bag", "split", "classes", "refit_epochs")
+        out |= {k: getattr(self, k) for k in keys + ("decision_rule",)}
+        keys = ("confusion_png", "attention_rows", "patient_prediction_rows")
+        return out | {k: getattr(self, k) for k in keys}
+
+
 def _default_name(model: str | int | None, label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", f"abmil-{label}-{model}")
 
@@ -147,11 +247,12 @@ def mil(
     name: str | None = None,
     min_bag_size: int = 2,
     max_epochs: int = 40,
+    prior_correction: bool = False,
     n_boot: int = 1000,
     seed: int = 0,
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
+) -> MILReport:
     """Cross-validate a gated attention-MIL head on patient bags and save it.
 
     Args:
@@ -166,14 +267,17 @@ def mil(
         min_bag_size: Bags with fewer cells are excluded (counted).
         max_epochs: Upper bound on epochs per fold (early stopping on an inner
             validation split of the training bags, or on the split's ``val`` part).
+        prior_correction: Train on the natural class frequencies and divide each
+            fold's training class prior out of the posterior (decide as if classes
+            were equally likely) instead of the class-balanced loss; see
+            :class:`ABMILHead`. The prior never comes from the tested patients.
         n_boot: Bootstrap resamples of the 95% intervals.
         seed: Seed of folds and training.
         device: Torch device.
         progress: ``progress(done, total)`` over folds (plus the final refit).
 
     Returns:
-        The report: per-fold and mean ± sd accuracy, balanced accuracy, macro and
-        weighted F1, ``auroc``, ``<metric>_ci``, ``per_class``, ``n_bags``, ...
+        The :class:`MILReport`, with the mean-pooling baseline on the same folds.
 
     Raises:
         LabelError: One class, classes with fewer bags than folds, mixed-label bags.
@@ -191,6 +295,123 @@ def mil(
         raise InvalidArgumentError(f"min_bag_size must be >= 1, got {min_bag_size}")
     name = check_head_name(name or _default_name(model, label))
     cells = load_cells(st, model, where, [bag, label, "dataset", "patient_id"])
+    keys, rows, y, excluded = _labelled_bags(cells, bag, label, min_bag_size)
+    X = np.asarray(cells.X, dtype=np.float32)
+    bags = [X[r] for r in rows]
+    ids = [k[1] for k in keys]
+    if split is not None:
+        plan = make_folds(split, y, ids, seed=seed, keep_val=True)
+    else:
+        plan = make_folds("stratified", y, folds=folds, seed=seed)
+        plan = FoldPlan(f"stratified {folds}-fold (patients)", plan.folds)
+    attention: dict[int, npt.NDArray[np.float64]] = {}
+
+    def keep_attention(i: int, fold: Fold, head: ABMILHead) -> None:
+        test = fold.test.tolist()
+        attention.update(
+            zip(test, head.attention([bags[j] for j in test]), strict=True)
+        )
+
+    factory = partial(
+        ABMILHead,
+        max_epochs=max_epochs,
+        class_weight=None if prior_correction else "balanced",
+        prior_correction=prior_correction,
+        seed=seed,
+        device=device,
+    )
+    n_steps = len(plan.folds) + 1
+    groups = [f"{d}/{b}" for d, b in keys]
+    cv = cross_validate(
+        factory,
+        bags,
+        y,
+        groups,
+        plan.folds,
+        auroc=True,
+        after_fit=keep_attention,
+        progress=progress,
+        total_steps=n_steps,
+    )
+    means = np.stack([b.mean(axis=0) for b in bags])
+    base = cross_validate(
+        partial(LinearProbe, seed=seed, device=device),
+        means,
+        y,
+        groups,
+        _cell_folds(plan),
+        auroc=True,
+    )
+    best_epochs = [f.best_epoch or 1 for f in cv.folds]
+    epochs = refit_epochs(best_epochs, min_epochs=min(factory().min_epochs, max_epochs))
+    final = factory(max_epochs=epochs, early_stopping=False).fit(bags, y)
+    if progress is not None:
+        progress(n_steps, n_steps)
+    report = MILReport(
+        head=name,
+        model=model,
+        label=label,
+        bag=bag,
+        split=plan.name,
+        classes=cv.classes,
+        summary=cv.summarise(auroc=True, ci=True, n_boot=n_boot, seed=seed),
+        folds=cv.folds,
+        baseline=Baseline(
+            BASELINE,
+            base.summarise(auroc=True, ci=True, n_boot=n_boot, seed=seed),
+            base.folds,
+        ),
+        n_bags=len(bags),
+        n_train=int(round(np.mean([f.n_train for f in cv.folds]))),
+        n_test=int(cv.rows.size),
+        excluded=excluded | _unmatched(plan),
+        refit_epochs=epochs,
+        decision_rule=DECISION_RULES[prior_correction],
+        confusion_png=str(head_dir(st, name) / "confusion.png"),
+        attention_rows=int(sum(a.size for a in attention.values())),
+        patient_prediction_rows=int(cv.rows.size),
+    )
+    cli = [["--model", model], ["--bag", bag], ["--label", label], ["--where", where]]
+    cli += [["--folds", None if split is not None else folds], ["--split", split]]
+    cli += [["--min-bag-size", min_bag_size], ["--max-epochs", max_epochs]]
+    cli += [["--prior-correction", prior_correction]]
+    meta: dict[str, Any] = {"kind": "abmil", "model": model, "label": label}
+    meta |= {"bag": bag, "where": where}
+    meta |= {"classes": cv.classes, "n_features": int(X.shape[1])}
+    meta |= {"trained_bags": [list(k) for k in keys], "cli": cli + [["--seed", seed]]}
+    meta |= {"best_epochs": best_epochs, "refit_epochs": epochs}
+    meta |= {"decision_rule": report.decision_rule}
+    _save(st, report, final, meta, cells, keys, rows, cv, attention)
+    logger.info("mil %s: balanced accuracy %.4f", name, report.balanced_accuracy)
+    return report
+
+
+def _unmatched(plan: FoldPlan) -> dict[str, int]:
+    """Return the split's unmatched entries (bags outside a split are just unused)."""
+    return {k: v for k, v in plan.excluded.items() if k == "split_unmatched_entries"}
+
+
+def _cell_folds(plan: FoldPlan) -> list[Fold]:
+    """Return the folds with ``val`` joined to ``train`` (the baseline needs none)."""
+    return [
+        Fold(f.name, f.train if f.val is None else np.union1d(f.train, f.val), f.test)
+        for f in plan.folds
+    ]
+
+
+def _labelled_bags(
+    cells: Cells, bag: str, label: str, min_bag_size: int
+) -> tuple[
+    list[tuple[str, str]],
+    list[npt.NDArray[np.int64]],
+    npt.NDArray[np.str_],
+    dict[str, Any],
+]:
+    """Return the bags with a label and enough cells: keys, rows, labels, excluded.
+
+    Raises:
+        LabelError: If no bag has a label.
+    """
     bagged, excluded = make_bags(cells, bag, label)
     keep: list[int] = []
     no_label = small = 0
@@ -205,182 +426,75 @@ def mil(
         excluded["bags_without_label"] = no_label
     if small:
         excluded[f"bags_smaller_than_{min_bag_size}"] = small
-    keys = [bagged.keys[i] for i in keep]
-    rows = [bagged.rows[i] for i in keep]
     y = np.asarray([bagged.labels[i] for i in keep], dtype=str)
     if y.size == 0:
         raise LabelError(f"no bag has a {label!r} value: choose the bag label column")
-    X = np.asarray(cells.X, dtype=np.float32)
-    bags = [X[r] for r in rows]
-    classes = sorted(set(y.tolist()))
+    return [bagged.keys[i] for i in keep], [bagged.rows[i] for i in keep], y, excluded
 
-    if split is not None:
-        fold_list: list[Fold] = []
-        unmatched = 0
-        for spec in read_split_specs(split):
-            fold, counts = assign_split(spec, None, [k[1] for k in keys])
-            unmatched += counts["unmatched_entries"]
-            fold_list.append(fold)
-        if unmatched:
-            excluded["split_unmatched_entries"] = unmatched
-        check_class_counts(y, 1, "one")
-        split_name = str(split)
-    else:
-        assert folds is not None  # noqa: S101 - checked above
-        fold_list = stratified_folds(y, folds, seed=seed)
-        split_name = f"stratified {folds}-fold (patients)"
 
-    n_steps = len(fold_list) + 1
-    proba_oof = np.full((len(bags), len(classes)), np.nan)
-    fold_of = np.full(len(bags), -1, dtype=np.int64)
-    attention_oof: dict[int, npt.NDArray[np.float64]] = {}
-    fold_reports: list[dict[str, Any]] = []
-    best_epochs: list[int] = []
-    col = {c: j for j, c in enumerate(classes)}
-    for f_i, fold in enumerate(fold_list):
-        if np.unique(y[fold.train]).size < 2:
-            raise LabelError(f"{fold.name}: training bags hold a single class")
-        head = ABMILHead(max_epochs=max_epochs, seed=seed, device=device)
-        validation = None
-        if fold.val is not None:
-            seen = set(y[fold.train].tolist())
-            v = [i for i in fold.val.tolist() if y[i] in seen]
-            validation = ([bags[i] for i in v], y[v]) if v else None
-        head.fit([bags[i] for i in fold.train], y[fold.train], validation=validation)
-        test_bags = [bags[i] for i in fold.test]
-        p = head.predict_proba(test_bags)
-        full = np.zeros((fold.test.size, len(classes)))
-        for j, c in enumerate(head.classes_.tolist()):
-            full[:, col[c]] = p[:, j]
-        proba_oof[fold.test] = full
-        fold_of[fold.test] = f_i
-        for i, att in zip(fold.test.tolist(), head.attention(test_bags), strict=True):
-            attention_oof[i] = att
-        pred = np.asarray(classes)[full.argmax(1)]
-        m = classification_metrics(y[fold.test], pred, classes)
-        fold_reports.append(
-            {
-                "name": fold.name,
-                "n_train": int(fold.train.size),
-                "n_test": int(fold.test.size),
-                "best_epoch": int(head.best_epoch_),
-            }
-            | {k: m[k] for k in METRICS}
-            | {"auroc": auroc_ovr(y[fold.test], full, classes)}
-        )
-        best_epochs.append(int(head.best_epoch_))
-        if progress is not None:
-            progress(f_i + 1, n_steps)
-    tested = np.flatnonzero(fold_of >= 0)
-    y_pred = np.asarray(classes)[proba_oof[tested].argmax(1)]
-    report: dict[str, Any] = aggregate(
-        fold_reports,
-        y[tested],
-        y_pred,
-        classes,
-        proba=proba_oof[tested],
-        ci=True,
-        n_boot=n_boot,
-        seed=seed,
-    )
-    report["folds"] = fold_reports
-    report["n_bags"] = len(bags)
-    report["n_train"] = int(round(np.mean([f["n_train"] for f in fold_reports])))
-    report["n_test"] = int(tested.size)
-    report["excluded"] = excluded
-
-    epochs = max(1, int(np.median(best_epochs)))
-    final = ABMILHead(max_epochs=epochs, early_stopping=False, seed=seed, device=device)
-    final.fit(bags, y)
-    if progress is not None:
-        progress(n_steps, n_steps)
-    folder = head_dir(st, name)
-    counts = report["confusion"]["counts"]
-    title = f"{name}: {label} per {bag} (out-of-fold)"
-    report.update(
-        {
-            "head": name,
-            "kind": "abmil",
-            "model": model,
-            "label": label,
-            "bag": bag,
-            "split": split_name,
-            "classes": classes,
-            "refit_epochs": epochs,
-            "confusion_png": str(folder / "confusion.png"),
-        }
-    )
-    meta = {
-        "kind": "abmil",
-        "model": model,
-        "label": label,
-        "bag": bag,
-        "where": where,
-        "classes": classes,
-        "n_features": int(X.shape[1]),
-        "trained_bags": [list(k) for k in keys],
-        "weights_sha256": weights_of(st, model),
-        "cli": [
-            ["--model", model],
-            ["--bag", bag],
-            ["--label", label],
-            ["--where", where],
-            ["--folds", None if split is not None else folds],
-            ["--split", split],
-            ["--min-bag-size", min_bag_size],
-            ["--max-epochs", max_epochs],
-            ["--seed", seed],
-        ],
-    }
-    att_cells, att_ds, att_bag, att_val, att_fold = [], [], [], [], []
-    for i, att in attention_oof.items():
-        att_cells.append(cells.ids[rows[i]])
-        att_ds += [keys[i][0]] * rows[i].size
-        att_bag += [keys[i][1]] * rows[i].size
-        att_val.append(att)
-        att_fold.append(np.full(rows[i].size, fold_of[i]))
+def _save(
+    st: Store,
+    report: MILReport,
+    final: ABMILHead,
+    meta: dict[str, Any],
+    cells: Cells,
+    keys: list[tuple[str, str]],
+    rows: list[npt.NDArray[np.int64]],
+    cv: CVResult,
+    attention: dict[int, npt.NDArray[np.float64]],
+) -> None:
+    """Save the head; its out-of-fold rows commit with the head's catalog row."""
+    fold_of = dict(zip(cv.rows.tolist(), cv.fold_of.tolist(), strict=True))
+    order = sorted(attention)
+    tested = cv.rows.tolist()
     probabilities = [
-        json.dumps({c: round(float(p), 6) for c, p in zip(classes, row, strict=True)})
-        for row in proba_oof[tested]
+        json.dumps({c: round(float(p), 6) for c, p in zip(cv.classes, r, strict=True)})
+        for r in cv.proba
     ]
 
     def write_rows() -> None:
+        sizes = [rows[i].size for i in order]
         write_attention(
             st,
-            head=name,
-            cell_id=np.concatenate(att_cells) if att_cells else [],
-            dataset=att_ds,
-            patient_id=att_bag,
-            attention=np.concatenate(att_val) if att_val else [],
-            fold=np.concatenate(att_fold) if att_fold else [],
+            head=report.head,
+            cell_id=np.concatenate([cells.ids[rows[i]] for i in order])
+            if order
+            else [],
+            dataset=[
+                keys[i][0] for i, n in zip(order, sizes, strict=True) for _ in range(n)
+            ],
+            patient_id=[
+                keys[i][1] for i, n in zip(order, sizes, strict=True) for _ in range(n)
+            ],
+            attention=np.concatenate([attention[i] for i in order]) if order else [],
+            fold=np.repeat([fold_of[i] for i in order], sizes) if order else [],
             replace_head=True,
         )
         write_patient_predictions(
             st,
-            head=name,
+            head=report.head,
             dataset=[keys[i][0] for i in tested],
             patient_id=[keys[i][1] for i in tested],
-            label=y_pred.tolist(),
-            probability=proba_oof[tested].max(1),
+            label=cv.y_pred.tolist(),
+            probability=cv.proba.max(1),
             probabilities=probabilities,
-            fold=fold_of[tested],
-            true_label=y[tested].tolist(),
+            fold=cv.fold_of,
+            true_label=cv.y_true.tolist(),
             replace_head=True,
         )
 
-    report["attention_rows"] = int(sum(a.size for a in att_val))
-    report["patient_prediction_rows"] = int(tested.size)
-    # the out-of-fold rows commit with the head's row, after its folder is in place
+    summary = report.summary
+    title = f"{report.head}: {report.label} per {report.bag} (out-of-fold)"
+
+    def draw(tmp: Path) -> None:
+        confusion_png(summary.confusion, summary.labels, tmp / "confusion.png", title)
+
     save_head(
         st,
-        name,
+        report.head,
         final,
         meta,
-        report,
-        extras=lambda tmp: confusion_png(
-            counts, classes, tmp / "confusion.png", title=title
-        ),
+        report.to_dict(),
+        extras=draw,
         catalog_rows=write_rows,
     )
-    logger.info("mil %s: balanced accuracy %.4f", name, report["balanced_accuracy"])
-    return report

@@ -7,6 +7,9 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,35 +17,19 @@ import numpy.typing as npt
 
 from cytostore.errors import InvalidArgumentError, LabelError, SplitError
 from cytostore.heads._base import BaseHead
-from cytostore.heads._data import (
-    Cells,
-    and_where,
-    load_cells,
-    missing_label,
-    open_store,
-)
+from cytostore.heads._data import Cells, and_where, load_cells, missing_label
+from cytostore.heads._data import open_store as _open
+from cytostore.heads.evaluate import FoldPlan, FoldResult, Summary, cross_validate
+from cytostore.heads.evaluate import make_folds as _make_folds
 from cytostore.heads.knn import KNNHead
 from cytostore.heads.linear import LinearProbe
-from cytostore.heads.metrics import METRICS, classification_metrics
 from cytostore.heads.mlp import MLPHead
-from cytostore.heads.registry import (
-    check_head_name,
-    head_dir,
-    save_head,
-    weights_of,
-)
-from cytostore.heads.report import aggregate, by_group, confusion_png
-from cytostore.heads.splits import (
-    Fold,
-    assign_split,
-    check_class_counts,
-    grouped_folds,
-    read_split_specs,
-    stratified_folds,
-)
+from cytostore.heads.registry import check_head_name, head_dir, save_head
+from cytostore.heads.report import by_group, confusion_png
+from cytostore.heads.splits import Fold
 from cytostore.store import Store, safe_identifier
 
-__all__ = ["probe", "make_head", "KINDS"]
+__all__ = ["KINDS", "ProbeReport", "make_head", "probe"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,29 +65,67 @@ def make_head(
     )
 
 
-def _drop_missing(cells: Cells, label: str, excluded: dict[str, Any]) -> Cells:
-    miss = np.asarray([missing_label(v) for v in cells.meta[label]], dtype=bool)
-    if miss.any():
-        excluded["missing_label"] = excluded.get("missing_label", 0) + int(miss.sum())
-    return cells.take(~miss)
+@dataclass
+class ProbeReport:
+    """What ``probe`` measured and saved (``to_dict()``: the JSON report).
 
+    Attributes:
+        head: Name of the saved head.
+        kind: ``linear``, ``knn`` or ``mlp``.
+        model: The model whose embeddings were the features.
+        label: The label column.
+        split: ``stratified``, ``patient``, ``explicit`` or the split file.
+        classes: The classes of the saved head.
+        summary: Fold means and sds, pooled per-class scores, confusion.
+        folds: Per-fold results.
+        n_train: Mean training cells per fold.
+        n_test: Test cells over all folds.
+        excluded: Cells (or entries) left out, by reason.
+        saved_head_trained_on: ``all folds`` (K folds) or ``train part``.
+        confusion_png: The confusion matrix image.
+        by_column: Column of the per-group (bias) report, or ``None``.
+        by: Metrics per value of ``by_column``.
+        classes_kept: Classes shared by train and test (explicit transfer).
+        classes_dropped: ``{class: {"train": n, "test": n}}`` not shared.
+    """
 
-def _labels(cells: Cells, label: str) -> npt.NDArray[np.str_]:
-    return np.asarray([str(v).strip() for v in cells.meta[label]])
+    head: str
+    kind: str
+    model: str | int | None
+    label: str
+    split: str
+    classes: list[str]
+    summary: Summary
+    folds: list[FoldResult]
+    n_train: int
+    n_test: int
+    excluded: dict[str, Any]
+    saved_head_trained_on: str
+    confusion_png: str
+    by_column: str | None = None
+    by: dict[str, dict[str, Any]] = field(default_factory=dict)
+    classes_kept: list[str] | None = None
+    classes_dropped: dict[str, dict[str, int]] | None = None
 
+    @property
+    def balanced_accuracy(self) -> float:
+        """Return the mean balanced accuracy over folds."""
+        return self.summary.mean["balanced_accuracy"]
 
-def _groups(cells: Cells) -> npt.NDArray[np.str_]:
-    out = []
-    for cid, ds, pid in zip(
-        cells.ids.tolist(), cells.meta["dataset"], cells.meta["patient_id"], strict=True
-    ):
-        out.append(f"cell:{cid}" if pid is None else f"{ds}/{pid}")
-    return np.asarray(out)
-
-
-def _default_name(kind: str, model: str | int | None, label: str) -> str:
-    raw = f"{kind}-{label}-{model if model is not None else 'default'}"
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", raw)
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report in the schema of :mod:`cytostore.heads.report`."""
+        out: dict[str, Any] = {}
+        if self.classes_kept is not None:
+            out |= {"classes_kept": self.classes_kept}
+            out |= {"classes_dropped": self.classes_dropped}
+        out |= self.summary.to_dict() | {"folds": [f.to_dict() for f in self.folds]}
+        out |= {"n_train": self.n_train, "n_test": self.n_test}
+        out |= {"excluded": self.excluded}
+        if self.by_column:
+            out |= {"by_column": self.by_column, "by": self.by}
+        keys = ("saved_head_trained_on", "head", "kind", "model", "label", "split")
+        out |= {k: getattr(self, k) for k in keys}
+        return out | {"classes": self.classes, "confusion_png": self.confusion_png}
 
 
 def probe(
@@ -124,7 +149,7 @@ def probe(
     seed: int = 0,
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
+) -> ProbeReport:
     """Train a cell-level head on frozen embeddings, evaluate it, and save it.
 
     Args:
@@ -153,15 +178,88 @@ def probe(
         progress: ``progress(done, total)`` over folds.
 
     Returns:
-        The report (schema in :mod:`cytostore.heads.report`), plus ``head``,
-        ``kind``, ``model``, ``label``, ``split``, ``classes``, ``confusion_png``.
+        The :class:`ProbeReport` (its ``to_dict()`` is saved as ``report.json``).
 
     Raises:
         LabelError: One class, or classes with fewer members than folds.
         SplitError: A split that cannot be made or matches no cells.
         InvalidArgumentError: Bad arguments (kind, column, where).
     """
-    st = open_store(store)
+    st = _open(store)
+    _check_args(kind, vote, k, class_weight, folds, test_size, train_where, test_where)
+    if train_where is not None and (split is not None or folds is not None):
+        raise InvalidArgumentError(
+            "--train-where/--test-where define the split: drop --split and --folds"
+        )
+    safe_identifier(label)
+    name = check_head_name(name or _default_name(kind, model, label))
+    columns = [label, "dataset", "path", "patient_id"] + ([by] if by else [])
+    excluded: dict[str, Any] = {}
+    transfer: dict[str, Any] = {}
+    if train_where is not None:
+        cells, plan, transfer = _transfer(
+            st, model, label, (where, train_where, test_where), columns, excluded
+        )
+    else:
+        cells = _select(st, model, label, where, columns, min_count, excluded)
+        plan = _plan(cells, label, split, folds, test_size, seed)
+    y, X = _labels(cells, label), np.asarray(cells.X, dtype=np.float32)
+    factory = partial(
+        make_head,
+        kind,
+        class_weight=class_weight,
+        seed=seed,
+        device=device,
+        k=k,
+        vote=vote,
+    )
+    groups = _groups(cells) if plan.name == "patient" else None
+    cv = cross_validate(factory, X, y, groups, plan.folds, progress=progress)
+    head = factory()
+    refit = len(plan.folds) > 1
+    rows = _all_rows(plan.folds) if refit else plan.folds[0].train
+    head.fit(X[rows], y[rows])
+    report = ProbeReport(
+        head=name,
+        kind=kind,
+        model=model,
+        label=label,
+        split=plan.name,
+        classes=[str(c) for c in head.classes_.tolist()],
+        summary=cv.summarise(),
+        folds=cv.folds,
+        n_train=int(round(np.mean([f.n_train for f in cv.folds]))),
+        n_test=int(cv.rows.size),
+        excluded=excluded | plan.excluded,
+        saved_head_trained_on="all folds" if refit else "train part",
+        confusion_png=str(head_dir(st, name) / "confusion.png"),
+        by_column=by,
+        by=by_group(cv.y_true, cv.y_pred, cells.meta[by][cv.rows]) if by else {},
+        **transfer,
+    )
+    cli: list[list[Any]] = [["--model", model], ["--kind", kind], ["--label", label]]
+    cli += [["--where", where], ["--train-where", train_where]]
+    cli += [["--test-where", test_where], ["--split", split], ["--folds", folds]]
+    cli += [["--test-size", None if test_size == 0.2 else test_size]]
+    cli += [["--min-count", min_count], ["--by", by], ["--seed", seed]]
+    cli += [["--class-weight", "none" if class_weight is None else None]]
+    cli += [["--k", k], ["--vote", vote]] if kind == "knn" else []
+    _save(st, report, head, where, X.shape[1], cli)
+    logger.info("probe %s: balanced accuracy %.4f", name, report.balanced_accuracy)
+    return report
+
+
+def _check_args(
+    kind: str,
+    vote: str,
+    k: int,
+    class_weight: str | None,
+    folds: int | None,
+    test_size: float,
+    train_where: str | None,
+    test_where: str | None,
+) -> None:
+    """Raise :class:`InvalidArgumentError` naming the first bad argument."""
     if kind not in KINDS:
         raise InvalidArgumentError(
             f"unknown head kind {kind!r}: use one of {', '.join(KINDS)}"
@@ -182,222 +280,153 @@ def probe(
         raise InvalidArgumentError(
             "give both --train-where and --test-where, or neither"
         )
-    explicit = train_where is not None
-    if explicit and (split is not None or folds is not None):
-        raise InvalidArgumentError(
-            "--train-where/--test-where define the split: drop --split and --folds"
-        )
-    safe_identifier(label)
-    name = check_head_name(name or _default_name(kind, model, label))
-    columns = [label, "dataset", "path", "patient_id"] + ([by] if by else [])
-    excluded: dict[str, Any] = {}
-    report: dict[str, Any] = {}
 
-    if explicit:
-        train_cells = _drop_missing(
-            load_cells(st, model, and_where(where, train_where), columns),
-            label,
-            excluded,
+
+def _drop_missing(cells: Cells, label: str, excluded: dict[str, Any]) -> Cells:
+    miss = np.asarray([missing_label(v) for v in cells.meta[label]], dtype=bool)
+    if miss.any():
+        excluded["missing_label"] = excluded.get("missing_label", 0) + int(miss.sum())
+    return cells.take(~miss)
+
+
+def _labels(cells: Cells, label: str) -> npt.NDArray[np.str_]:
+    return np.asarray([str(v).strip() for v in cells.meta[label]])
+
+
+def _groups(cells: Cells) -> list[str | None]:
+    ds, pid = cells.meta["dataset"], cells.meta["patient_id"]
+    return [None if p is None else f"{d}/{p}" for d, p in zip(ds, pid, strict=True)]
+
+
+def _all_rows(folds: list[Fold]) -> npt.NDArray[np.int64]:
+    return np.unique(np.concatenate([np.concatenate([f.train, f.test]) for f in folds]))
+
+
+def _default_name(kind: str, model: str | int | None, label: str) -> str:
+    raw = f"{kind}-{label}-{model if model is not None else 'default'}"
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", raw)
+
+
+def _select(
+    st: Store,
+    model: str | int | None,
+    label: str,
+    where: str | None,
+    columns: list[str],
+    min_count: int | None,
+    excluded: dict[str, Any],
+) -> Cells:
+    """Return the labelled cells, classes under ``min_count`` left out (counted)."""
+    cells = _drop_missing(load_cells(st, model, where, columns), label, excluded)
+    if len(cells) == 0:
+        raise LabelError(
+            f"every selected cell has an empty {label!r}: choose a labelled column"
         )
-        test_cells = _drop_missing(
-            load_cells(st, model, and_where(where, test_where), columns),
-            label,
-            excluded,
-        )
-        overlap = np.intersect1d(train_cells.ids, test_cells.ids)
-        if overlap.size:
-            raise SplitError(
-                f"{overlap.size} cells match both --train-where and --test-where: make "
-                "the two filters disjoint"
-            )
-        tr_counts = Counter(_labels(train_cells, label).tolist())
-        te_counts = Counter(_labels(test_cells, label).tolist())
-        shared = sorted(set(tr_counts) & set(te_counts))
-        dropped = {
-            c: {"train": tr_counts.get(c, 0), "test": te_counts.get(c, 0)}
-            for c in sorted(set(tr_counts) ^ set(te_counts))
-        }
-        if len(shared) < 2:
-            raise LabelError(
-                f"train and test share {len(shared)} classes of {label!r} "
-                f"({shared}): a "
-                "transfer evaluation needs two or more; check the filters or the label"
-            )
-        report["classes_kept"] = shared
-        report["classes_dropped"] = dropped
-        n_drop = sum(v["train"] + v["test"] for v in dropped.values())
-        if n_drop:
-            excluded["class_not_shared"] = n_drop
-        keep_tr = np.isin(_labels(train_cells, label), shared)
-        keep_te = np.isin(_labels(test_cells, label), shared)
-        train_cells, test_cells = train_cells.take(keep_tr), test_cells.take(keep_te)
-        cells = Cells(
-            np.concatenate([train_cells.ids, test_cells.ids]),
-            np.concatenate([np.asarray(train_cells.X), np.asarray(test_cells.X)]),
-            {
-                k: np.concatenate([train_cells.meta[k], test_cells.meta[k]])
-                for k in train_cells.meta
-            },
-        )
-        n_tr = len(train_cells)
-        fold_list = [
-            Fold(
-                "explicit",
-                np.arange(n_tr, dtype=np.int64),
-                np.arange(n_tr, len(cells), dtype=np.int64),
-            )
-        ]
-        split_name = "explicit"
-    else:
-        cells = _drop_missing(load_cells(st, model, where, columns), label, excluded)
-        if len(cells) == 0:
-            raise LabelError(
-                f"every selected cell has an empty {label!r}: choose a labelled column"
-            )
-        y_all = _labels(cells, label)
-        if min_count is not None:
-            per_class = Counter(y_all.tolist())
-            rare = {c: n for c, n in per_class.items() if n < min_count}
-            if rare:
-                excluded["rare_class"] = rare
-                cells = cells.take(~np.isin(y_all, list(rare)))
-                y_all = _labels(cells, label)
-        has_patients = any(p is not None for p in cells.meta["patient_id"])
-        split_name = split or ("patient" if has_patients else "stratified")
-        if split_name == "stratified":
-            fold_list = stratified_folds(y_all, folds, test_size, seed)
-        elif split_name == "patient":
-            groups = _groups(cells)
-            needed = folds if folds is not None else 2
-            check_class_counts(
-                y_all, needed, "folds" if folds else "needed for a split"
-            )
-            fold_list = grouped_folds(y_all, groups, folds, test_size, seed)
-        else:
-            fold_list = []
-            unmatched, not_in = 0, 0
-            paths = [str(p) for p in cells.meta["path"]]
-            pats = [None if p is None else str(p) for p in cells.meta["patient_id"]]
-            for spec in read_split_specs(split_name):
-                fold, counts = assign_split(spec, paths, pats)
-                unmatched += counts["unmatched_entries"]
-                not_in = max(not_in, counts["rows_not_in_split"])
-                if fold.val is not None:
-                    fold = Fold(fold.name, np.union1d(fold.train, fold.val), fold.test)
-                fold_list.append(fold)
-            if unmatched:
-                excluded["split_unmatched_entries"] = unmatched
-            if not_in:
-                excluded["not_in_split"] = not_in
-            split_name = str(split)
+    if min_count is not None:
+        y = _labels(cells, label)
+        rare = {c: n for c, n in Counter(y.tolist()).items() if n < min_count}
+        if rare:
+            excluded["rare_class"] = rare
+            cells = cells.take(~np.isin(y, list(rare)))
+    return cells
+
+
+def _plan(
+    cells: Cells,
+    label: str,
+    split: str | None,
+    folds: int | None,
+    test_size: float,
+    seed: int,
+) -> FoldPlan:
+    has_patients = any(p is not None for p in cells.meta["patient_id"])
+    mode = split or ("patient" if has_patients else "stratified")
     y = _labels(cells, label)
-    X = np.asarray(cells.X, dtype=np.float32)
-    classes = sorted(set(y.tolist()))
-    check_class_counts(y, 1, "one")
+    paths = [str(p) for p in cells.meta["path"]]
+    pats = [None if p is None else str(p) for p in cells.meta["patient_id"]]
+    groups = _groups(cells) if mode == "patient" else pats
+    return _make_folds(
+        mode, y, groups, folds=folds, test_size=test_size, seed=seed, paths=paths
+    )
 
-    fold_reports: list[dict[str, Any]] = []
-    pooled_true: list[npt.NDArray[np.str_]] = []
-    pooled_pred: list[npt.NDArray[np.str_]] = []
-    pooled_rows: list[npt.NDArray[np.int64]] = []
-    head: BaseHead | None = None
-    for i, fold in enumerate(fold_list):
-        if np.unique(y[fold.train]).size < 2:
-            raise LabelError(
-                f"{fold.name}: the training part has a single class; use more cells, "
-                "fewer folds or another split"
-            )
-        head = make_head(
-            kind, class_weight=class_weight, seed=seed, device=device, k=k, vote=vote
+
+def _transfer(
+    st: Store,
+    model: str | int | None,
+    label: str,
+    filters: tuple[str | None, str | None, str | None],
+    columns: list[str],
+    excluded: dict[str, Any],
+) -> tuple[Cells, FoldPlan, dict[str, Any]]:
+    """Return train + test cells on their shared classes, the one explicit fold.
+
+    ``filters`` is ``(where, train_where, test_where)``.
+    """
+    where = filters[0]
+    parts = [
+        _drop_missing(load_cells(st, model, and_where(where, w), columns), label, ex)
+        for w, ex in ((filters[1], excluded), (filters[2], excluded))
+    ]
+    overlap = np.intersect1d(parts[0].ids, parts[1].ids)
+    if overlap.size:
+        raise SplitError(
+            f"{overlap.size} cells match both --train-where and --test-where: make "
+            "the two filters disjoint"
         )
-        head.fit(X[fold.train], y[fold.train])
-        pred = head.predict(X[fold.test])
-        m = classification_metrics(y[fold.test], pred, classes)
-        fold_reports.append(
-            {
-                "name": fold.name,
-                "n_train": int(fold.train.size),
-                "n_test": int(fold.test.size),
-            }
-            | {k: m[k] for k in METRICS}
-        )
-        pooled_true.append(y[fold.test])
-        pooled_pred.append(pred)
-        pooled_rows.append(fold.test)
-        if progress is not None:
-            progress(i + 1, len(fold_list))
-    yt, yp = np.concatenate(pooled_true), np.concatenate(pooled_pred)
-    report.update(aggregate(fold_reports, yt, yp, classes))
-    report["folds"] = fold_reports
-    report["n_train"] = int(round(np.mean([f["n_train"] for f in fold_reports])))
-    report["n_test"] = int(yt.size)
-    report["excluded"] = excluded
-    if by:
-        rows = np.concatenate(pooled_rows)
-        report["by_column"] = by
-        report["by"] = by_group(yt, yp, cells.meta[by][rows])
-    if len(fold_list) > 1:
-        head = make_head(
-            kind, class_weight=class_weight, seed=seed, device=device, k=k, vote=vote
-        )
-        rows_all = np.unique(
-            np.concatenate([np.concatenate([f.train, f.test]) for f in fold_list])
-        )
-        head.fit(X[rows_all], y[rows_all])
-        report["saved_head_trained_on"] = "all folds"
-    else:
-        report["saved_head_trained_on"] = "train part"
-    if head is None:
-        raise SplitError("the split produced no folds: check --split")
-    folder = head_dir(st, name)
-    counts = report["confusion"]["counts"]
-    title = f"{name}: {label} ({split_name})"
-    report.update(
-        {
-            "head": name,
-            "kind": kind,
-            "model": model,
-            "label": label,
-            "split": split_name,
-            "classes": [str(c) for c in head.classes_.tolist()],
-            "confusion_png": str(folder / "confusion.png"),
-        }
-    )
-    knn = kind == "knn"
-    meta = {
-        "kind": kind,
-        "model": model,
-        "label": label,
-        "where": where,
-        "classes": report["classes"],
-        "n_features": int(X.shape[1]),
-        "weights_sha256": weights_of(st, model),
-        "cli": [
-            ["--model", model],
-            ["--kind", kind],
-            ["--label", label],
-            ["--where", where],
-            ["--train-where", train_where],
-            ["--test-where", test_where],
-            ["--split", split],
-            ["--folds", folds],
-            ["--test-size", None if test_size == 0.2 else test_size],
-            ["--min-count", min_count],
-            ["--class-weight", "none" if class_weight is None else None],
-            ["--by", by],
-            ["--k", k if knn else None],
-            ["--vote", vote if knn else None],
-            ["--seed", seed],
-        ],
+    tr_counts, te_counts = (Counter(_labels(c, label).tolist()) for c in parts)
+    shared = sorted(set(tr_counts) & set(te_counts))
+    dropped = {
+        c: {"train": tr_counts.get(c, 0), "test": te_counts.get(c, 0)}
+        for c in sorted(set(tr_counts) ^ set(te_counts))
     }
-    save_head(
-        st,
-        name,
-        head,
-        meta,
-        report,
-        extras=lambda tmp: confusion_png(
-            counts, classes, tmp / "confusion.png", title=title
-        ),
+    if len(shared) < 2:
+        raise LabelError(
+            f"train and test share {len(shared)} classes of {label!r} ({shared}): a "
+            "transfer evaluation needs two or more; check the filters or the label"
+        )
+    n_drop = sum(v["train"] + v["test"] for v in dropped.values())
+    if n_drop:
+        excluded["class_not_shared"] = n_drop
+    tr, te = (c.take(np.isin(_labels(c, label), shared)) for c in parts)
+    cells = Cells(
+        np.concatenate([tr.ids, te.ids]),
+        np.concatenate([np.asarray(tr.X), np.asarray(te.X)]),
+        {key: np.concatenate([tr.meta[key], te.meta[key]]) for key in tr.meta},
     )
-    logger.info("probe %s: balanced accuracy %.4f", name, report["balanced_accuracy"])
-    return report
+    rows = np.arange(len(cells), dtype=np.int64)
+    fold = Fold("explicit", rows[: len(tr)], rows[len(tr) :])
+    return (
+        cells,
+        FoldPlan("explicit", [fold]),
+        {
+            "classes_kept": shared,
+            "classes_dropped": dropped,
+        },
+    )
+
+
+def _save(
+    st: Store,
+    report: ProbeReport,
+    head: BaseHead,
+    where: str | None,
+    n_features: int,
+    cli: list[list[Any]],
+) -> None:
+    """Save the head, its report and confusion PNG (``meta["cli"]`` retrains it)."""
+    meta = {
+        "kind": report.kind,
+        "model": report.model,
+        "label": report.label,
+        "where": where,
+        "classes": report.classes,
+        "n_features": int(n_features),
+        "cli": cli,
+    }
+    title = f"{report.head}: {report.label} ({report.split})"
+    summary = report.summary
+
+    def draw(tmp: Path) -> None:
+        confusion_png(summary.confusion, summary.labels, tmp / "confusion.png", title)
+
+    save_head(st, report.head, head, meta, report.to_dict(), extras=draw)

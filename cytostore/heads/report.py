@@ -4,7 +4,10 @@ Every head's report has the same schema: top-level floats ``accuracy``,
 ``balanced_accuracy``, ``macro_f1``, ``weighted_f1`` (mean over folds) with
 ``<metric>_sd`` (sample sd over folds; ``None`` for a single split), ``per_class``
 (pooled over folds), ``folds`` (per-fold metrics), ``n_train``, ``n_test`` and
-``excluded``. MIL adds ``auroc`` and, for every metric, a bootstrap ``<metric>_ci``.
+``excluded``. MIL adds ``auroc`` and, for every metric, a bootstrap ``<metric>_ci``,
+and ``baseline`` (mean pooling + linear probe on the same folds, the same metric
+keys) with ``attention_vs_baseline`` (pooled balanced accuracy and AUROC of each).
+The reports are built by :mod:`cytostore.heads.evaluate` (``Summary.to_dict``).
 """
 
 from __future__ import annotations
@@ -17,66 +20,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cytostore.heads.metrics import (
-    METRICS,
-    auroc_ovr,
-    bootstrap_ci,
-    classification_metrics,
-    confusion_matrix,
-)
+from cytostore.heads.metrics import METRICS, classification_metrics
 
-__all__ = ["aggregate", "by_group", "confusion_png", "format_report"]
-
-
-def aggregate(
-    fold_metrics: Sequence[dict[str, Any]],
-    y_true: npt.NDArray[Any],
-    y_pred: npt.NDArray[Any],
-    labels: Sequence[str],
-    proba: npt.NDArray[np.float64] | None = None,
-    ci: bool = False,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Summarise folds: mean and sd of each metric, pooled per-class scores, confusion.
-
-    Args:
-        fold_metrics: One :func:`classification_metrics` dict per fold (with
-            ``auroc`` when ``proba`` is given).
-        y_true: Pooled test labels of all folds, shape (n,).
-        y_pred: Pooled predictions, shape (n,).
-        labels: The classes, in report order.
-        proba: Pooled probabilities (n, len(labels)) to add ``auroc``.
-        ci: Add a bootstrap 95% interval ``<metric>_ci`` of each pooled metric.
-        n_boot: Bootstrap resamples.
-        seed: Bootstrap seed.
-
-    Returns:
-        The report's metric part (see the module docstring).
-    """
-    names = list(METRICS) + (["auroc"] if proba is not None else [])
-    out: dict[str, Any] = {}
-    for name in names:
-        values = np.asarray([f[name] for f in fold_metrics], dtype=np.float64)
-        values = values[~np.isnan(values)]
-        out[name] = float(values.mean()) if values.size else float("nan")
-        out[f"{name}_sd"] = float(values.std(ddof=1)) if values.size > 1 else None
-    pooled = classification_metrics(y_true, y_pred, list(labels))
-    out["per_class"] = pooled["per_class"]
-    out["pooled"] = {m: pooled[m] for m in METRICS}
-    if proba is not None:
-        out["pooled"]["auroc"] = auroc_ovr(y_true, proba, labels)
-    if ci:
-        intervals = bootstrap_ci(
-            y_true, y_pred, proba, labels, n_boot=n_boot, seed=seed
-        )
-        for name, (lo, hi) in intervals.items():
-            out[f"{name}_ci"] = [lo, hi]
-    out["confusion"] = {
-        "labels": list(labels),
-        "counts": confusion_matrix(y_true, y_pred, list(labels)).tolist(),
-    }
-    return out
+__all__ = ["by_group", "confusion_png", "format_report"]
 
 
 def by_group(
@@ -227,6 +173,14 @@ def format_report(report: dict[str, Any]) -> str:
         )
     if report.get("excluded"):
         tail.append(f"excluded: {report['excluded']}")
+    versus = report.get("attention_vs_baseline") or {}
+    if versus:
+        method = (report.get("baseline") or {}).get("method", "baseline")
+        pairs = ", ".join(
+            f"{m} {_fmt(v['attention'])} vs {_fmt(v['baseline'])}"
+            for m, v in versus.items()
+        )
+        tail.append(f"attention vs {method} (pooled, same folds): {pairs}")
     if report.get("confusion_png"):
         tail.append(f"confusion matrix: {report['confusion_png']}")
     if tail:

@@ -9,13 +9,15 @@ import pytest
 from PIL import Image
 from sklearn import metrics as skm
 
+from cytostore.heads.evaluate import CVResult, FoldResult
 from cytostore.heads.metrics import (
+    METRICS,
+    _fast_metrics,
     auroc_ovr,
     bootstrap_ci,
     classification_metrics,
-    confusion_matrix,
 )
-from cytostore.heads.report import aggregate, confusion_png, format_report
+from cytostore.heads.report import confusion_png, format_report
 
 
 def _random_labels(
@@ -50,12 +52,16 @@ def test_classification_metrics__match_sklearn(seed: int) -> None:
         assert m["per_class"][lab]["support"] == sup[i]
 
 
-def test_confusion_matrix__matches_sklearn() -> None:
-    y, p = _random_labels(3)
-    labels = sorted(set(y))
-    np.testing.assert_array_equal(
-        confusion_matrix(y, p, labels), skm.confusion_matrix(y, p, labels=labels)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_metrics__the_bootstrap_inner_loop_matches_sklearn(seed: int) -> None:
+    y, p = _random_labels(seed)
+    vocab = {c: i for i, c in enumerate(sorted(set(y) | set(p)))}
+    fast = _fast_metrics(
+        np.asarray([vocab[v] for v in y]), np.asarray([vocab[v] for v in p]), 5
     )
+    slow = classification_metrics(y, p)
+    for name in METRICS:
+        assert fast[name] == pytest.approx(slow[name])
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -92,25 +98,37 @@ def test_bootstrap_ci__contains_the_point_estimate_and_is_seeded() -> None:
     )
 
 
-def test_aggregate__mean_and_sample_sd_over_folds() -> None:
+def _cv(folds: list[dict[str, float]], y: list[str], pred: list[str]) -> CVResult:
+    proba = np.asarray([[1.0, 0.0] if v == "a" else [0.0, 1.0] for v in pred])
+    results = [
+        FoldResult(f"fold {i}", 2, 2, {k: m[k] for k in (*METRICS, "auroc") if k in m})
+        for i, m in enumerate(folds)
+    ]
+    rows = np.arange(len(y), dtype=np.int64)
+    return CVResult(["a", "b"], results, rows, rows // 2, np.asarray(y), proba)
+
+
+def test_summarise__mean_and_sample_sd_over_folds_and_pooled_confusion() -> None:
     folds = [
         classification_metrics(["a", "b"], ["a", "b"]),
         classification_metrics(["a", "b"], ["a", "a"]),
     ]
-    out = aggregate(
-        folds,
-        np.array(["a", "b", "a", "b"]),
-        np.array(["a", "b", "a", "a"]),
-        ["a", "b"],
-    )
+    out = _cv(folds, ["a", "b", "a", "b"], ["a", "b", "a", "a"]).summarise().to_dict()
     assert out["accuracy"] == pytest.approx(0.75)
     assert out["accuracy_sd"] == pytest.approx(np.std([1.0, 0.5], ddof=1))
     assert out["per_class"]["b"]["support"] == 2
     assert out["confusion"]["counts"] == [[2, 0], [1, 1]]
-    single = aggregate(
-        folds[:1], np.array(["a", "b"]), np.array(["a", "b"]), ["a", "b"]
-    )
-    assert single["accuracy_sd"] is None
+    assert out["pooled"]["balanced_accuracy"] == pytest.approx(0.75)
+    single = _cv(folds[:1], ["a", "b"], ["a", "b"]).summarise().to_dict()
+    assert single["accuracy_sd"] is None and "accuracy_ci" not in single
+
+
+def test_summarise__auroc_and_intervals_on_request() -> None:
+    folds = [classification_metrics(["a", "b"], ["a", "b"]) | {"auroc": 1.0}] * 2
+    cv = _cv(folds, ["a", "b", "a", "b"], ["a", "b", "a", "b"])
+    out = cv.summarise(auroc=True, ci=True, n_boot=50).to_dict()
+    assert out["auroc"] == 1.0 and out["pooled"]["auroc"] == 1.0
+    assert out["auroc_ci"] == [1.0, 1.0] and len(out["balanced_accuracy_ci"]) == 2
 
 
 def test_confusion_png__writes_a_png_atomically(tmp_path: Path) -> None:
@@ -121,7 +139,7 @@ def test_confusion_png__writes_a_png_atomically(tmp_path: Path) -> None:
 
 def test_format_report__lists_metrics_and_classes() -> None:
     folds = [classification_metrics(["a", "b"], ["a", "b"])]
-    rep = aggregate(folds, np.array(["a", "b"]), np.array(["a", "b"]), ["a", "b"])
+    rep = _cv(folds, ["a", "b"], ["a", "b"]).summarise().to_dict()
     text = format_report(
         rep | {"n_train": 8, "n_test": 2, "excluded": {"missing_label": 1}}
     )

@@ -17,7 +17,7 @@ def test_mil__oof_tables_report_and_attention_on_planted_cells(
     mil_store: tuple[Store, dict[str, np.ndarray]],
 ) -> None:
     store, key_cells = mil_store
-    report = mil(store, "tiny", folds=4, name="ab", n_boot=200)
+    report = mil(store, "tiny", folds=4, name="ab", n_boot=200).to_dict()
     assert (
         report["n_bags"] == 20 and report["n_test"] == 20 and len(report["folds"]) == 4
     )
@@ -123,7 +123,7 @@ def test_mil__bags_of_one_cell_are_excluded_and_counted(tmp_path) -> None:
         n_boot=20,
         max_epochs=3,
         where="patient_id NOT IN ('PT00', 'PT01') OR path LIKE '%/image_0.tif'",
-    )
+    ).to_dict()
     assert report["excluded"] == {"bags_smaller_than_2": 2}
     assert report["n_bags"] == 18
 
@@ -145,6 +145,52 @@ def test_mil__genbloom_style_split_folder(tmp_path) -> None:
         for part, rows in parts.items():
             text = "patient_name,labels\n" + "".join(f"{ids[i]},0\n" for i in rows)
             (folder / f"data_fold_{r}__{part}.csv").write_text(text)
-    report = mil(store, "tiny", split=str(folder), n_boot=20, max_epochs=3)
+    report = mil(store, "tiny", split=str(folder), n_boot=20, max_epochs=3).to_dict()
     assert [f["name"] for f in report["folds"]] == ["data_fold_0", "data_fold_1"]
     assert report["excluded"]["split_unmatched_entries"] == 2
+
+
+def test_mil__report_carries_the_mean_pooling_baseline_on_the_same_folds(
+    mil_store: tuple[Store, dict[str, np.ndarray]],
+) -> None:
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold
+
+    from cytostore.heads import LinearProbe
+    from cytostore.heads._data import load_cells
+
+    store, _ = mil_store
+    report = mil(store, "tiny", folds=4, name="ab", n_boot=20, max_epochs=3)
+    base = report.baseline.to_dict()
+    assert base["method"] == "mean pooling + LinearProbe"
+    assert [f["name"] for f in base["folds"]] == [f.name for f in report.folds]
+    assert [f["n_test"] for f in base["folds"]] == [f.n_test for f in report.folds]
+    # oracle: the baseline by hand, on the same stratified folds of the same bags
+    cells = load_cells(store, "tiny", None, ["patient_id", "bag_label", "dataset"])
+    keys = sorted(
+        {
+            (d, p)
+            for d, p in zip(
+                cells.meta["dataset"], cells.meta["patient_id"], strict=True
+            )
+        }
+    )
+    X = np.asarray(cells.X, np.float32)
+    means, y = [], []
+    for d, p in keys:
+        rows = (cells.meta["dataset"] == d) & (cells.meta["patient_id"] == p)
+        means.append(X[rows].mean(0))
+        y.append(str(cells.meta["bag_label"][rows][0]))
+    means_arr, y_arr = np.stack(means), np.asarray(y)
+    pred = np.empty(y_arr.size, dtype=object)
+    cv = StratifiedKFold(n_splits=4, shuffle=True, random_state=0)
+    for tr, te in cv.split(means_arr, y_arr):
+        pred[te] = (
+            LinearProbe(seed=0).fit(means_arr[tr], y_arr[tr]).predict(means_arr[te])
+        )
+    expected = balanced_accuracy_score(y_arr, pred.astype(str))
+    assert base["pooled"]["balanced_accuracy"] == pytest.approx(expected)
+    side = report.to_dict()["attention_vs_baseline"]
+    assert side["balanced_accuracy"]["baseline"] == pytest.approx(expected)
+    assert set(side) == {"balanced_accuracy", "auroc"}
+    assert 0.0 <= side["auroc"]["baseline"] <= 1.0

@@ -32,7 +32,7 @@ SCHEMA = (
 
 
 def test_probe__report_schema_and_planted_signal(probe_store: Store) -> None:
-    report = probe(probe_store, "tiny", "label", name="lin")
+    report = probe(probe_store, "tiny", "label", name="lin").to_dict()
     assert all(k in report for k in SCHEMA)
     assert report["balanced_accuracy"] > 0.9
     assert report["split"] == "patient"  # the bm cells have patients
@@ -55,7 +55,7 @@ def test_probe__report_schema_and_planted_signal(probe_store: Store) -> None:
 def test_probe__kfold_reports_mean_and_sd(probe_store: Store, kind: str) -> None:
     report = probe(
         probe_store, "tiny", "cell_type", kind=kind, folds=3, split="stratified"
-    )
+    ).to_dict()
     assert len(report["folds"]) == 3
     values = [f["accuracy"] for f in report["folds"]]
     assert report["accuracy"] == pytest.approx(np.mean(values))
@@ -64,7 +64,7 @@ def test_probe__kfold_reports_mean_and_sd(probe_store: Store, kind: str) -> None
 
 
 def test_probe__by_column_repeats_metrics_per_group(probe_store: Store) -> None:
-    report = probe(probe_store, "tiny", "label", by="sex", split="stratified")
+    report = probe(probe_store, "tiny", "label", by="sex", split="stratified").to_dict()
     groups = report["by"]
     assert set(groups) <= {"f", "m", "(missing)"} and "(missing)" in groups
     assert sum(g["n"] for g in groups.values()) == report["n_test"]
@@ -78,7 +78,7 @@ def test_probe__transfer_keeps_shared_classes(probe_store: Store) -> None:
         kind="knn",
         train_where="dataset = 'bm'",
         test_where="dataset = 'lmu' AND label <> 'MON'",
-    )
+    ).to_dict()
     assert report["classes_kept"] == ["BAS", "EOS", "LYT"]
     assert report["classes_dropped"] == {"MON": {"train": 20, "test": 0}}
     assert report["excluded"]["class_not_shared"] == 20
@@ -106,7 +106,7 @@ def test_probe__rare_class_names_the_fix_and_min_count_excludes_it(
         folds=5,
         split="stratified",
         min_count=5,
-    )
+    ).to_dict()
     assert report["excluded"]["rare_class"] == {"EOS": 2}
     assert "EOS" not in report["per_class"]
 
@@ -120,7 +120,7 @@ def test_probe__patient_split_never_leaks_patients(probe_store: Store) -> None:
         folds=3,
         split="patient",
         kind="knn",
-    )
+    ).to_dict()
     assert len(report["folds"]) == 3 and report["n_test"] == 79
 
 
@@ -132,7 +132,7 @@ def test_probe__split_file_counts_unmatched_entries(
     ]
     f = tmp_path / "my_test.tsv"
     f.write_text("".join(f"{p}\tX\n" for p in paths[3::4]) + "ghost/ghost_1.jpg\tX\n")
-    report = probe(probe_store, "tiny", "label", kind="knn", split=str(f))
+    report = probe(probe_store, "tiny", "label", kind="knn", split=str(f)).to_dict()
     assert report["excluded"]["split_unmatched_entries"] == 1
     assert report["n_test"] == len(paths[3::4])
 
@@ -152,7 +152,8 @@ def test_predict__writes_one_row_per_selected_cell(probe_store: Store) -> None:
     assert out["n_predicted"] == 80
     rows = probe_store.sql(
         "SELECT count(*), min(probability), max(probability) FROM predictions "
-        "WHERE head = 'k'"
+        "WHERE head = 'k' AND cell_id IN (SELECT cell_id FROM cells WHERE "
+        "dataset = 'lmu')"
     ).rows[0]
     assert rows[0] == 80 and 0 < rows[1] <= rows[2] <= 1
     agree = probe_store.sql(
@@ -160,8 +161,9 @@ def test_predict__writes_one_row_per_selected_cell(probe_store: Store) -> None:
         "JOIN cells c USING (cell_id)"
     ).rows[0][0]
     assert agree > 0.9
+    total = probe_store.sql("SELECT count(*) FROM predictions").rows[0][0]
     predict(probe_store, "k", where="dataset = 'lmu'")  # rerun replaces, no duplicates
-    assert probe_store.sql("SELECT count(*) FROM predictions").rows[0][0] == 80
+    assert probe_store.sql("SELECT count(*) FROM predictions").rows[0][0] == total
 
 
 def test_predict__unknown_head_lists_known_ones(probe_store: Store) -> None:
@@ -171,8 +173,10 @@ def test_predict__unknown_head_lists_known_ones(probe_store: Store) -> None:
 
 
 def test_probe__knn_nearest_neighbour_and_majority_vote(probe_store: Store) -> None:
-    one = probe(probe_store, "tiny", "label", kind="knn", k=1, name="k1")
-    maj = probe(probe_store, "tiny", "label", kind="knn", vote="majority", name="km")
+    one = probe(probe_store, "tiny", "label", kind="knn", k=1, name="k1").to_dict()
+    maj = probe(
+        probe_store, "tiny", "label", kind="knn", vote="majority", name="km"
+    ).to_dict()
     head, _ = load_head(probe_store, "k1")
     assert head.k == 1 and one["balanced_accuracy"] > 0.8
     head, _ = load_head(probe_store, "km")
