@@ -1,15 +1,27 @@
 """All exceptions raised by cytostore.
 
-Every message says what was wrong and how to fix it. Subclasses of
-:class:`InvalidArgumentError` are a caller's mistake (the CLI turns them into a usage
-error, exit code 2); every other :class:`CytostoreError` is a one-line failure (exit 1).
+Every message says in one line what was wrong and how to fix it. Subclasses of
+:class:`InvalidArgumentError` are malformed or refused input (the CLI turns them into
+a usage error with the command's usage line, exit code 2); every other
+:class:`CytostoreError` is a one-line failure (exit 1): among them
+:class:`NotFoundError`, a well-formed name that the store lacks, whose message
+suggests close matches (see :meth:`NotFoundError.for_name`), and a busy or corrupt
+store. The house rules are in ``docs/cli-conventions.md``.
 """
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+from typing import Self
+
 __all__ = [
     "CytostoreError",
     "InvalidArgumentError",
+    "NotFoundError",
+    "UnknownCellError",
+    "UnknownPatientError",
+    "UnknownColumnError",
     "StoreNotFoundError",
     "StoreBusyError",
     "StoreCorruptError",
@@ -19,6 +31,7 @@ __all__ = [
     "LayoutNotFoundError",
     "UnknownModelError",
     "UnknownEmbeddingSetError",
+    "AmbiguousSetError",
     "UnknownHeadError",
     "StaleHeadError",
     "PickledHeadError",
@@ -45,10 +58,60 @@ class CytostoreError(Exception):
 
 
 class InvalidArgumentError(CytostoreError, ValueError):
-    """An argument given by the caller is invalid (CLI exit code 2)."""
+    """An argument given by the caller is malformed or refused (CLI exit code 2)."""
 
 
-class StoreNotFoundError(InvalidArgumentError, FileNotFoundError):
+#: How many known names a not-found message lists before ``...``.
+_MAX_KNOWN = 12
+
+
+class NotFoundError(CytostoreError, KeyError):
+    """A well-formed name (model, head, set, cell, ...) the store lacks (exit 1)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    @classmethod
+    def for_name(
+        cls,
+        kind: str,
+        name: object,
+        known: Iterable[object] | None,
+        fix: str,
+        where: str | None = None,
+    ) -> Self:
+        """Return the error for ``name``, suggesting close matches among ``known``.
+
+        The message reads ``no model 'tiny-simcl' in 's'; did you mean 'tiny-simclr'?
+        (known: random-tiny, tiny-simclr): <fix>``.
+
+        Args:
+            kind: What was looked up (``"model"``, ``"head"``, ``"dataset"``, ...).
+            name: The name given.
+            known: The names the store has (``None``: too many to list, e.g. cells).
+            fix: What to do, in the imperative (``"list them with ..."``).
+            where: The store's folder, named in the message when given.
+
+        Returns:
+            The error, to be raised by the caller.
+
+        Examples:
+            >>> print(NotFoundError.for_name("head", "mlpp", ["mlp", "knn"], "ls"))
+            no head 'mlpp'; did you mean 'mlp'? (known: knn, mlp): ls
+        """
+        msg = f"no {kind} {str(name)!r}" + (f" in {where!r}" if where else "")
+        if known is not None:
+            names = sorted({str(k) for k in known})
+            close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.6)
+            if close:
+                msg += f"; did you mean {close[0]!r}?"
+            listed = ", ".join(names[:_MAX_KNOWN])
+            more = ", ..." if len(names) > _MAX_KNOWN else ""
+            msg += f" (known: {listed}{more})" if names else f" (there is no {kind})"
+        return cls(f"{msg}: {fix}" if fix else msg)
+
+
+class StoreNotFoundError(NotFoundError, FileNotFoundError):
     """The store folder or its catalog does not exist."""
 
 
@@ -88,25 +151,20 @@ class LayoutNotFoundError(InvalidArgumentError):
     """No known dataset layout was found under the given path."""
 
 
-class UnknownModelError(InvalidArgumentError, KeyError):
+class UnknownModelError(NotFoundError):
     """A model name is not registered in the store."""
 
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
-
-class UnknownEmbeddingSetError(InvalidArgumentError, KeyError):
+class UnknownEmbeddingSetError(NotFoundError):
     """An embedding set (or the model it would come from) does not exist."""
 
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+
+class AmbiguousSetError(UnknownEmbeddingSetError, InvalidArgumentError):
+    """No set was named and the store has several (pick one with --model; exit 2)."""
 
 
-class UnknownHeadError(InvalidArgumentError, KeyError):
+class UnknownHeadError(NotFoundError):
     """A head name is not registered in the store."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 class StaleHeadError(CytostoreError, ValueError):
@@ -153,18 +211,24 @@ class HasDependentsError(CytostoreError):
     """Something still depends on what ``rm`` was asked to remove (use --cascade)."""
 
 
-class NotInStoreError(CytostoreError, KeyError):
+class NotInStoreError(NotFoundError):
     """The model, set, head, patient or dataset to remove is not in the store."""
 
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+
+class UnknownCellError(NotFoundError):
+    """A cell id is not in the catalog, or has no vector in the set searched."""
 
 
-class UnknownDatasetError(InvalidArgumentError, KeyError):
+class UnknownPatientError(NotFoundError):
+    """A patient (bag) id is not in the store, or has no embedded cells."""
+
+
+class UnknownColumnError(NotFoundError):
+    """A well-formed column (or table) name that the catalog does not have."""
+
+
+class UnknownDatasetError(NotFoundError):
     """A dataset name is not in the store's ``datasets`` table."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 class RelocationRefusedError(CytostoreError):

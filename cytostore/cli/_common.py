@@ -56,9 +56,24 @@ class CytostoreGroup(click.Group):
         try:
             return super().invoke(ctx)
         except InvalidArgumentError as exc:
-            raise click.UsageError(str(exc), ctx=ctx) from exc
+            raise click.UsageError(_one_line(exc), ctx=self._failed(ctx)) from exc
         except CytostoreError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(_one_line(exc)) from exc
+
+    def _failed(self, ctx: click.Context) -> click.Context:
+        """Return a context for the subcommand that failed (for its usage line)."""
+        name = ctx.invoked_subcommand
+        cmd = self.get_command(ctx, name) if name else None
+        if cmd is None:
+            return ctx
+        # The subcommand's own context is closed by now: a fresh one (not parsed)
+        # has the same command path, hence the same usage line and --help hint.
+        return click.Context(cmd, info_name=name, parent=ctx)
+
+
+def _one_line(exc: BaseException) -> str:
+    """Return an error's message on one line (the CLI prints one ``Error:`` line)."""
+    return " ".join(str(exc).split())
 
 
 def store_argument(func: F) -> F:

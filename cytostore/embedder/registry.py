@@ -225,10 +225,13 @@ def load_card(store: Store, name: str) -> ModelCard:
     """
     names = _names(store)
     if name not in names:
-        listed = ", ".join(names) if names else "none yet"
-        raise UnknownModelError(
-            f"no model named {name!r} in {str(store.root)!r} (registered: {listed}): "
-            "train one with 'cytostore pretrain' or list them with 'cytostore models'"
+        raise UnknownModelError.for_name(
+            "model",
+            name,
+            names,
+            "list them with 'cytostore models STORE', or register one with "
+            "'cytostore pretrain'",
+            where=str(store.root),
         )
     return ModelCard.read(model_dir(store, name))
 

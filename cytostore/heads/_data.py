@@ -13,7 +13,7 @@ import numpy.typing as npt
 from cytostore.errors import (
     EmptySelectionError,
     InvalidArgumentError,
-    InvalidWhereError,
+    UnknownColumnError,
 )
 from cytostore.store import Store, safe_identifier
 
@@ -104,7 +104,8 @@ def load_cells(
         columns: ``cell_meta`` columns to return.
 
     Raises:
-        InvalidWhereError: If a column or ``where`` is invalid.
+        InvalidWhereError: If ``where`` is invalid.
+        UnknownColumnError: If a column is not in ``cell_meta``.
         EmptySelectionError: If no embedded cell matches.
         UnknownEmbeddingSetError: If the model has no vectors.
     """
@@ -113,8 +114,12 @@ def load_cells(
     for c in cols:
         safe_identifier(c)
         if c not in have:
-            raise InvalidWhereError(
-                f"cell_meta has no column {c!r}: choose one of {sorted(have)}"
+            raise UnknownColumnError.for_name(
+                "column",
+                c,
+                have,
+                "name a column of cell_meta ('cytostore sql STORE \"DESCRIBE "
+                "cell_meta\"')",
             )
     ids, X = store.vectors(model, where)
     if ids.size == 0:

@@ -325,11 +325,13 @@ def load_head(
         "SELECT path, kind, model, label FROM heads WHERE name = ?", [name]
     )
     if not rows.rows:
-        known = [h["name"] for h in list_heads(store)]
-        raise UnknownHeadError(
-            f"no head named {name!r} in {store.root}: known heads are "
-            f"{known or 'none'}; "
-            "train one with 'cytostore probe' or 'cytostore mil'"
+        raise UnknownHeadError.for_name(
+            "head",
+            name,
+            [h["name"] for h in list_heads(store)],
+            "list them with 'cytostore ls STORE heads', or train one with "
+            "'cytostore probe' or 'cytostore mil'",
+            where=str(store.root),
         )
     path, kind, model, label = rows.rows[0]
     folder = resolve_inside(store.root, path, what=f"head {name!r} folder")

@@ -19,6 +19,7 @@ from cytostore.store.inventory import MODEL_COLUMNS, list_models, ls
 from cytostore.store.merge import parse_shard
 from cytostore.store.paths import is_inside, resolve_inside
 from cytostore.store.sandbox import check_query, parse_where
+from cytostore.store.search import to_similarity
 from cytostore.store.store import EmbeddingSetHandle, Store
 from cytostore.store.vectors import DTYPES, EmbeddingSet, VectorWriter
 from cytostore.store.writers import (
@@ -57,6 +58,7 @@ __all__ = [
     "record_tree",
     "resolve_inside",
     "safe_identifier",
+    "to_similarity",
     "write_attention",
     "write_head_row",
     "write_model_row",

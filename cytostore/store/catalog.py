@@ -31,6 +31,7 @@ from cytostore.errors import (
     ReadOnlyError,
     StoreBusyError,
     StoreNotFoundError,
+    UnknownColumnError,
 )
 from cytostore.store.gate import gate_for
 from cytostore.store.migrations import MIGRATIONS
@@ -111,6 +112,20 @@ def _busy_timeout_s() -> float:
 
 def _is_lock_error(exc: BaseException) -> bool:
     return any(m in str(exc) for m in _LOCK_MARKERS)
+
+
+def _names_missing(exc: BaseException) -> bool:
+    """Return whether DuckDB's error says a column or table does not exist.
+
+    Such a query is well-formed but names something the catalog lacks (exit 1 in the
+    CLI); other binder errors (types, functions) are a malformed query (exit 2).
+    """
+    text = str(exc)
+    if isinstance(exc, duckdb.BinderException):
+        return "Referenced column" in text or "Referenced table" in text
+    if isinstance(exc, duckdb.CatalogException):
+        return text.startswith("Catalog Error: Table with name")
+    return False
 
 
 def safe_identifier(name: str) -> str:
@@ -383,7 +398,8 @@ class Catalog:
         Raises:
             QueryRefusedError: If the query is several statements or not a query.
             ReadOnlyError: If the query tries to change the catalog.
-            InvalidWhereError: If the query does not parse or names a missing object.
+            InvalidWhereError: If the query does not parse or fails to bind.
+            UnknownColumnError: If it names a column or table the catalog lacks.
             QueryTimeoutError: If it ran past ``timeout_s``.
         """
         statement = check_query(query)
@@ -416,6 +432,11 @@ class Catalog:
                     "to read other files"
                 ) from None
             except duckdb.Error as exc:
+                if _names_missing(exc):
+                    raise UnknownColumnError(
+                        f"{duckdb_message(exc)}: list names with 'cytostore sql "
+                        'STORE "SHOW TABLES"\' or "DESCRIBE <table>"'
+                    ) from None
                 if "read-only" in str(exc) or "read only" in str(exc):
                     raise ReadOnlyError(
                         "cytostore sql opens the catalog read-only and cannot change "
@@ -443,7 +464,8 @@ class Catalog:
             int64 array of cell ids, ascending.
 
         Raises:
-            InvalidWhereError: If ``where`` does not parse or names a missing column.
+            InvalidWhereError: If ``where`` does not parse or fails to bind.
+            UnknownColumnError: If it names a column the catalog lacks.
             EmptySelectionError: If nothing matches and ``empty_ok`` is false.
             RuntimeError: If called inside a write transaction (a bug: a user's
                 filter never runs on a writing connection).
@@ -465,7 +487,8 @@ class Catalog:
                     "reads the catalog and nothing else)"
                 ) from None
             except duckdb.Error as exc:
-                raise InvalidWhereError(
+                error = UnknownColumnError if _names_missing(exc) else InvalidWhereError
+                raise error(
                     f"invalid --where {where!r}: {duckdb_message(exc)} (it is "
                     "evaluated against the columns of cell_meta: see 'cytostore sql "
                     'STORE "DESCRIBE cell_meta"\')'
@@ -484,7 +507,7 @@ class Catalog:
         """Return ``columns`` of ``cell_meta`` for ``ids``, in the order of ``ids``.
 
         Raises:
-            InvalidWhereError: If a column does not exist.
+            UnknownColumnError: If a column does not exist.
         """
         cols = ", ".join(f'"{safe_identifier(c)}"' for c in columns)
         arr = np.asarray(ids, dtype=np.int64)
@@ -498,7 +521,10 @@ class Catalog:
                 )
                 rows = [r[1:] for r in res.fetchall()]
             except duckdb.BinderException as exc:
-                raise InvalidWhereError(duckdb_message(exc)) from None
+                raise UnknownColumnError(
+                    f"{duckdb_message(exc)}: see 'cytostore sql STORE \"DESCRIBE "
+                    "cell_meta\"'"
+                ) from None
         return QueryResult(columns=list(columns), rows=rows)
 
     def columns(self, table: str = "cell_meta") -> list[str]:

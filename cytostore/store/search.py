@@ -36,6 +36,7 @@ from cytostore.errors import (
     EmptySelectionError,
     InvalidArgumentError,
     StoreCorruptError,
+    UnknownCellError,
 )
 from cytostore.store.index import faiss_metric, index_path, load_index
 from cytostore.store.vectors import (
@@ -50,7 +51,7 @@ from cytostore.store.vectors import (
 if TYPE_CHECKING:
     from cytostore.store.catalog import Catalog as Store
 
-__all__ = ["search", "Searcher", "SearcherCache"]
+__all__ = ["search", "Searcher", "SearcherCache", "to_similarity"]
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class Searcher:
         """Return the stored vectors of ``cell_ids`` as float32 ``(m, dim)``.
 
         Raises:
-            InvalidArgumentError: If a cell has no vector in the set.
+            UnknownCellError: If a cell is not catalogued or has no vector in the set.
         """
         want = np.asarray(cell_ids, dtype=np.int64).reshape(-1)
         order = self._memo.get("order")
@@ -199,9 +200,11 @@ class Searcher:
         pos = order[at]
         missing = want[self.ids[pos] != want]
         if missing.size:
-            raise InvalidArgumentError(
-                f"cells {missing[:5].tolist()} have no vector in set {self.es.name!r}: "
-                "check the id, or embed new cells with 'cytostore embed'"
+            shown = ", ".join(str(i) for i in missing[:5].tolist())
+            raise UnknownCellError(
+                f"no cell {shown} in embedding set {self.es.name!r}: "
+                "check the ids ('cytostore sql STORE \"SELECT cell_id FROM cells\"'), "
+                "or embed new cells with 'cytostore embed'"
             )
         return np.asarray(self.matrix[pos], dtype=np.float32)
 
@@ -515,6 +518,29 @@ class SearcherCache:
             self._filtered.clear()
 
 
+def to_similarity(values: npt.ArrayLike, metric: str) -> npt.NDArray[np.float32]:
+    """Return search scores as similarities: higher is closer, for every metric.
+
+    This is what every table and report calls ``similarity`` (``search``, the
+    neighbour tables, ``explain``, montage captions): the cosine similarity for
+    ``cosine`` sets, minus the squared L2 distance for ``l2`` sets. NaN (no hit)
+    stays NaN.
+
+    Args:
+        values: What :func:`search` returned as distances (any shape).
+        metric: The set's metric, ``cosine`` or ``l2``.
+
+    Returns:
+        float32 array of the same shape.
+
+    Examples:
+        >>> to_similarity([0.5, 2.0], "l2").tolist()
+        [-0.5, -2.0]
+    """
+    out = np.asarray(values, dtype=np.float32)
+    return out.copy() if metric == "cosine" else -out
+
+
 def search(
     store: Store,
     query: npt.ArrayLike | int,
@@ -545,7 +571,8 @@ def search(
         cell ids, -1 (distance NaN) where fewer than ``k`` candidates exist.
 
     Raises:
-        InvalidArgumentError: If ``k`` < 1 or the cell has no vector.
+        InvalidArgumentError: If ``k`` < 1.
+        UnknownCellError: If the cell has no vector in the set.
         DimensionMismatchError: If a query vector has the wrong width.
         UnknownEmbeddingSetError, InvalidWhereError, EmptySelectionError,
         StoreCorruptError: See :class:`Searcher`.

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cytostore.errors import (
+    AmbiguousSetError,
     ConfigMismatchError,
     DimensionMismatchError,
     InvalidArgumentError,
@@ -164,7 +165,9 @@ def get_set(store: Store, model: str | int | None = None) -> EmbeddingSet:
     ``None`` means the only full set of the store (or its only set).
 
     Raises:
-        UnknownEmbeddingSetError: If nothing (or more than one set) matches.
+        UnknownEmbeddingSetError: If nothing matches (the message suggests close
+            names, or says to embed a model that has no vectors yet).
+        AmbiguousSetError: If ``model`` is None and the store has several sets.
     """
     sets = list_sets(store)
     names = ", ".join(s.name for s in sets) or "none"
@@ -172,11 +175,13 @@ def get_set(store: Store, model: str | int | None = None) -> EmbeddingSet:
         full = [s for s in sets if s.shard is None] or sets
         if len(full) == 1:
             return full[0]
+        if full:
+            raise AmbiguousSetError(
+                f"the store has {len(full)} embedding sets ({names}): pick one with "
+                "--model NAME"
+            )
         raise UnknownEmbeddingSetError(
-            f"the store has {len(full)} embedding sets ({names}): pick one with "
-            "--model NAME"
-            if full
-            else "the store has no embedding sets: run "
+            "the store has no embedding sets: run "
             "'cytostore embed STORE --model NAME' first"
         )
     if isinstance(model, int) or str(model).isdigit():
@@ -193,9 +198,18 @@ def get_set(store: Store, model: str | int | None = None) -> EmbeddingSet:
                 f"model {model!r} has only shard sets: join them with "
                 "'cytostore merge STORE' (or name one as MODEL@i/n)"
             )
-    raise UnknownEmbeddingSetError(
-        f"no embedding set {model!r} (sets: {names}): embed it with "
-        f"'cytostore embed STORE --model {model}'"
+    models = {str(r[0]) for r in store.sql("SELECT name FROM models").rows}
+    if model in models:
+        raise UnknownEmbeddingSetError(
+            f"model {model!r} has no embedding set yet: embed it with "
+            f"'cytostore embed STORE --model {model}'"
+        )
+    raise UnknownEmbeddingSetError.for_name(
+        "embedding set",
+        model,
+        {s.name for s in sets} | models | {str(s.set_id) for s in sets},
+        "name a model with vectors, a shard as MODEL@i/n, or a set id (see "
+        "'cytostore ls STORE sets'); register new weights with 'cytostore pretrain'",
     )
 
 

@@ -101,5 +101,5 @@ def test_models_cli__empty_store_and_missing_store(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert result.stdout == "[]\n"
     result = CliRunner().invoke(main, ["models", str(tmp_path / "absent")])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "no store at" in result.output

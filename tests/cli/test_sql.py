@@ -59,10 +59,11 @@ def test_sql_cli__write_refused_with_exit_2(small_store: Path) -> None:
     assert Store.open(small_store).sql("SELECT count(*) FROM cells").rows == [(2,)]
 
 
-def test_sql_cli__missing_store_exit_2(tmp_path: Path) -> None:
+def test_sql_cli__missing_store_exit_1_and_no_folder_made(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["sql", str(tmp_path / "nope"), "SELECT 1"])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "no store at" in result.output
+    assert not (tmp_path / "nope").exists()
 
 
 def test_info_cli__table_and_json(small_store: Path) -> None:

@@ -154,11 +154,11 @@ def test_search__by_image(embedded_store: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--cell", 1, "--model", "nope"], 2, "no embedding set 'nope'"),
+        (["--cell", 1, "--model", "nope"], 1, "no embedding set 'nope'"),
         (["--cell", 1, "--where", "x y z"], 2, "invalid --where"),
         (["--cell", 1, "--where", "label = 'none'"], 2, "selects no cells"),
         (["--image", "/no/such/file.png"], 2, "no image file"),
-        (["--cell", 99999], 2, "have no vector"),
+        (["--cell", 99999], 1, "no cell 99999"),
         ([], 2, "exactly one of --cell ID or --image PATH"),
     ],
 )

@@ -19,6 +19,7 @@ from cytostore.errors import (
     InvalidArgumentError,
     InvalidWhereError,
     StoreWriteError,
+    UnknownColumnError,
     UnknownModelError,
 )
 from cytostore.store import Store
@@ -124,7 +125,7 @@ def test_embed__shards_of_re_registered_weights_are_not_merged(
     [
         ({"model": "nope"}, UnknownModelError, "nope"),
         ({"where": "dataset = "}, InvalidWhereError, "invalid --where"),
-        ({"where": "no_col = 1"}, InvalidWhereError, "no_col"),
+        ({"where": "no_col = 1"}, UnknownColumnError, "no_col"),
         ({"where": "dataset = 'none'"}, EmptySelectionError, "selects no cells"),
         ({"index": "IVF4,PQ7"}, InvalidArgumentError, "invalid FAISS index factory"),
         ({"dtype": "int8"}, InvalidArgumentError, "--dtype"),

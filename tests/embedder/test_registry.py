@@ -114,14 +114,16 @@ def test_register_model__name_taken_invalid_or_incomplete(tmp_store: Store) -> N
 
 
 def test_registry__list_and_unknown_model(tmp_store: Store) -> None:
-    with pytest.raises(UnknownModelError, match=r"registered: none yet"):
+    with pytest.raises(
+        UnknownModelError, match=r"no model 'nope'.*\(there is no model\)"
+    ):
         load_card(tmp_store, "nope")
     register_random_model(tmp_store, "b-model", crop_px=32)
     register_random_model(tmp_store, "a-model", crop_px=32)
     models = list_models(tmp_store)
     assert [m["name"] for m in models] == ["a-model", "b-model"]
     assert models[0]["card"]["preprocessing"]["crop_px"] == 32
-    with pytest.raises(UnknownModelError, match=r"registered: a-model, b-model"):
+    with pytest.raises(UnknownModelError, match=r"\(known: a-model, b-model\)"):
         load_card(tmp_store, "nope")
     delete_model(tmp_store, "a-model")
     assert [m["name"] for m in list_models(tmp_store)] == ["b-model"]

@@ -168,7 +168,7 @@ def test_predict__writes_one_row_per_selected_cell(probe_store: Store) -> None:
 
 def test_predict__unknown_head_lists_known_ones(probe_store: Store) -> None:
     probe(probe_store, "tiny", "label", kind="knn", name="k")
-    with pytest.raises(UnknownHeadError, match=r"no head named 'nope'.*\['k'\]"):
+    with pytest.raises(UnknownHeadError, match=r"no head 'nope'.*\(known: k\)"):
         predict(probe_store, "nope")
 
 

@@ -13,6 +13,7 @@ from cytostore.errors import (
     ReadOnlyError,
     StoreBusyError,
     StoreNotFoundError,
+    UnknownColumnError,
 )
 from cytostore.store import Store
 from cytostore.store.migrations import MIGRATIONS
@@ -95,7 +96,7 @@ def test_where_ids__invalid_sql_and_missing_column_are_one_line_errors(
     tmp_store: Store,
 ) -> None:
     tmp_store.add_cells(_cells("lmu", ["BAS_1"]))
-    with pytest.raises(InvalidWhereError, match="DESCRIBE cell_meta") as info:
+    with pytest.raises(UnknownColumnError, match="DESCRIBE cell_meta") as info:
         tmp_store.where_ids("no_such_column > 1")
     assert "\n" not in str(info.value)
     with pytest.raises(InvalidWhereError):

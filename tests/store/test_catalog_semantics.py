@@ -8,7 +8,11 @@ import pytest
 from click.testing import CliRunner
 
 from cytostore.cli import main
-from cytostore.errors import InvalidArgumentError, InvalidWhereError
+from cytostore.errors import (
+    InvalidArgumentError,
+    InvalidWhereError,
+    UnknownColumnError,
+)
 from cytostore.store import Store
 
 
@@ -95,19 +99,20 @@ def test_upsert_patients__bad_column_name_is_rejected(tmp_store: Store) -> None:
 
 # ------------------------------------------------------------ SQL errors
 @pytest.mark.parametrize(
-    ("query", "expect"),
+    ("query", "error", "expect"),
     [
-        ("SELEC 1", "syntax error"),
-        ("SELECT * FROM cell_meta WHERE (", "syntax error"),
-        ("SELECT no_such_column FROM cell_meta", "no_such_column"),
-        ("SELECT * FROM no_such_table", "no_such_table"),
+        ("SELEC 1", InvalidWhereError, "syntax error"),
+        ("SELECT * FROM cell_meta WHERE (", InvalidWhereError, "syntax error"),
+        ("SELECT 'a' + 1", InvalidWhereError, "candidate function"),
+        ("SELECT no_such_column FROM cell_meta", UnknownColumnError, "no_such_column"),
+        ("SELECT * FROM no_such_table", UnknownColumnError, "no_such_table"),
     ],
 )
 def test_sql__bad_query_is_a_one_line_error(
-    tmp_store: Store, query: str, expect: str
+    tmp_store: Store, query: str, error: type[Exception], expect: str
 ) -> None:
     tmp_store.add_cells(_cells(1))
-    with pytest.raises(InvalidWhereError, match=expect) as info:
+    with pytest.raises(error, match=expect) as info:
         tmp_store.sql(query)
     assert "\n" not in str(info.value)
 

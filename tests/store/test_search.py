@@ -15,6 +15,8 @@ from cytostore.errors import (
     InvalidWhereError,
     StoreBusyError,
     StoreCorruptError,
+    UnknownCellError,
+    UnknownColumnError,
     UnknownEmbeddingSetError,
 )
 from cytostore.store import Store
@@ -102,10 +104,11 @@ def test_search__rows_after_the_index_are_searched(vec_store: Store) -> None:
     ("kwargs", "error", "match"),
     [
         ({"where": "label = = 1"}, InvalidWhereError, "invalid --where"),
-        ({"where": "colour = 'red'"}, InvalidWhereError, "colour"),
+        ({"where": "colour = 'red'"}, UnknownColumnError, "colour"),
         ({"where": "label = 'XYZ'"}, EmptySelectionError, "selects no cells"),
         ({"k": 0}, InvalidArgumentError, "k must be"),
-        ({"model": "nope"}, InvalidArgumentError, "no embedding set 'nope'"),
+        ({"model": "nope"}, UnknownEmbeddingSetError, "no embedding set 'nope'"),
+        ({"model": "mm"}, UnknownEmbeddingSetError, "did you mean 'm'"),
     ],
 )
 def test_search__bad_input(
@@ -119,7 +122,7 @@ def test_search__bad_input(
 def test_search__wrong_dimension_and_unknown_cell(vec_store: Store) -> None:
     with pytest.raises(DimensionMismatchError, match="16-d"):
         vec_store.search(np.ones(8, np.float32))
-    with pytest.raises(InvalidArgumentError, match=r"cells \[99999\] have no vector"):
+    with pytest.raises(UnknownCellError, match=r"no cell 99999 in embedding set"):
         vec_store.search(99999)
 
 

@@ -18,6 +18,7 @@ from cytostore.errors import (
     StoreBusyError,
     StoreCorruptError,
     StoreWriteError,
+    UnknownColumnError,
     UnknownEmbeddingSetError,
 )
 from cytostore.store import Store
@@ -63,7 +64,7 @@ def test_vectors__where_selects_rows_in_order(vec_store: Store) -> None:
     ("where", "error"),
     [
         ("label = ", InvalidWhereError),
-        ("no_such_column = 1", InvalidWhereError),
+        ("no_such_column = 1", UnknownColumnError),
         ("label = 'nothing'", EmptySelectionError),
     ],
 )
