@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from cytostore._json import jsonable
 from cytostore.embedder.preprocess import Preprocessing
 from cytostore.errors import InvalidArgumentError, StoreCorruptError
 
@@ -124,7 +125,7 @@ class ModelCard:
         """
         path = Path(folder) / CARD_FILE
         tmp = path.with_name(CARD_FILE + ".tmp")
-        tmp.write_text(json.dumps(_jsonable(self.to_dict()), indent=2) + "\n")
+        tmp.write_text(json.dumps(jsonable(self.to_dict()), indent=2) + "\n")
         os.replace(tmp, path)
         return path
 
@@ -163,19 +164,3 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and value != value:  # NaN
-        return None
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalar
-        return _jsonable(value.item())
-    if hasattr(value, "tolist"):
-        return _jsonable(value.tolist())
-    if isinstance(value, Path):
-        return str(value)
-    return value

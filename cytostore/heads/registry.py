@@ -29,11 +29,12 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from cytostore._json import jsonable
 from cytostore.errors import (
     InvalidArgumentError,
     PickledHeadError,
@@ -54,6 +55,9 @@ from cytostore.store import (
     resolve_inside,
     write_head_row,
 )
+
+if TYPE_CHECKING:
+    from cytostore.heads.provenance import Provenance
 
 __all__ = [
     "HEADS_DIR",
@@ -101,25 +105,6 @@ def head_dir(store: Store, name: str) -> Path:
     return store.root / HEADS_DIR / check_head_name(name)
 
 
-def jsonable(value: Any) -> Any:
-    """Return ``value`` with numpy scalars/arrays, paths and NaN made JSON-able."""
-    import math
-
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return jsonable(value.item())
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def weights_of(store: Store, model: str | int | None) -> str | None:
     """Return the sha256 of the weights that ``model``'s embeddings come from.
 
@@ -159,8 +144,10 @@ def retrain_command(store: Store, name: str, meta: dict[str, Any]) -> str:
             ["--where", meta.get("where")],
         ]
     for pair in pairs:
-        if isinstance(pair, list) and len(pair) == 2 and pair[1] is not None:
-            words += [str(pair[0]), str(pair[1])]
+        if not isinstance(pair, list) or len(pair) != 2 or pair[1] in (None, False):
+            continue
+        # a flag (value True) is written bare: --prior-correction
+        words += [str(pair[0])] if pair[1] is True else [str(pair[0]), str(pair[1])]
     words += ["--name", name]
     return shlex.join(words)
 
@@ -205,6 +192,7 @@ def save_head(
     *,
     extras: Callable[[Path], Any] | None = None,
     catalog_rows: Callable[[], Any] | None = None,
+    provenance: Provenance | None = None,
 ) -> Path:
     """Write a head's folder atomically and register it (replacing one of that name).
 
@@ -219,6 +207,10 @@ def save_head(
             (``confusion.png``) before it is renamed into place.
         catalog_rows: Called inside the transaction that writes the head's row,
             to commit the head's other rows (out-of-fold predictions) with it.
+        provenance: The cells it was fit on and its predictions
+            (:meth:`~cytostore.heads.provenance.OutOfFold.finish`): writes
+            ``train_ids.npy`` and head.json's ``training``, and replaces the
+            head's ``predictions`` rows in the same transaction.
 
     Returns:
         The head's folder.
@@ -244,6 +236,8 @@ def save_head(
             np.savez(f, **arrays)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
+        if provenance is not None:
+            meta = meta | {"training": provenance.save(tmp)}
         doc = jsonable(
             meta
             | {
@@ -276,6 +270,8 @@ def save_head(
     with store.transaction():
         if catalog_rows is not None:
             catalog_rows()
+        if provenance is not None:
+            provenance.write_rows(store, name)
         write_head_row(
             store,
             name=name,
