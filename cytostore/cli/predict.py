@@ -32,16 +32,23 @@ def predict(store: Path, head: str, where: str | None, fmt: str) -> None:
         cytostore predict demo-store --head knn-label-tiny --where "dataset='lmu'"
         cytostore sql demo-store "SELECT label, count(*) FROM predictions GROUP BY 1"
     """
+    from cytostore.heads.predict import domain_shift_warning
     from cytostore.heads.predict import predict as run_predict
 
     with progress_bar("predict") as progress:
         result = run_predict(Path(store), head, where=where, progress=progress)
+    warning = domain_shift_warning(result)
+    if warning is not None:
+        click.echo(f"warning: {warning}", err=True)
     rows = sorted(result["label_counts"].items())
     echo_result(render_result(result, fmt, ["label", "count"], rows))
     extra = (
         f" ({result['skipped_trained_patients']} training patients kept their "
         "out-of-fold predictions)"
         if result.get("skipped_trained_patients")
+        else f" ({result['kept_out_of_fold']} cells kept their out-of-fold predictions)"
+        if result.get("kept_out_of_fold")
         else ""
     )
-    echo_summary(f"{result['n_predicted']} rows written to {result['table']}{extra}")
+    written = result.get("n_written", result["n_predicted"])
+    echo_summary(f"{written} rows written to {result['table']}{extra}")

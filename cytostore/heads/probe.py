@@ -24,6 +24,7 @@ from cytostore.heads.evaluate import make_folds as _make_folds
 from cytostore.heads.knn import KNNHead
 from cytostore.heads.linear import LinearProbe
 from cytostore.heads.mlp import MLPHead
+from cytostore.heads.provenance import OutOfFold, Provenance
 from cytostore.heads.registry import check_head_name, head_dir, save_head
 from cytostore.heads.report import by_group, confusion_png
 from cytostore.heads.splits import Fold
@@ -244,7 +245,9 @@ def probe(
     cli += [["--min-count", min_count], ["--by", by], ["--seed", seed]]
     cli += [["--class-weight", "none" if class_weight is None else None]]
     cli += [["--k", k], ["--vote", vote]] if kind == "knn" else []
-    _save(st, report, head, where, X.shape[1], cli)
+    oof = OutOfFold.from_cv(cells.ids, cv)
+    provenance = oof.finish(st, model, head, X, rows, seed=seed)
+    _save(st, report, head, where, X.shape[1], cli, provenance)
     logger.info("probe %s: balanced accuracy %.4f", name, report.balanced_accuracy)
     return report
 
@@ -412,8 +415,12 @@ def _save(
     where: str | None,
     n_features: int,
     cli: list[list[Any]],
+    provenance: Provenance | None = None,
 ) -> None:
-    """Save the head, its report and confusion PNG (``meta["cli"]`` retrains it)."""
+    """Save the head, its report and confusion PNG (``meta["cli"]`` retrains it).
+
+    ``provenance`` adds its training cell ids and its ``predictions`` rows.
+    """
     meta = {
         "kind": report.kind,
         "model": report.model,
@@ -429,4 +436,12 @@ def _save(
     def draw(tmp: Path) -> None:
         confusion_png(summary.confusion, summary.labels, tmp / "confusion.png", title)
 
-    save_head(st, report.head, head, meta, report.to_dict(), extras=draw)
+    save_head(
+        st,
+        report.head,
+        head,
+        meta,
+        report.to_dict(),
+        extras=draw,
+        provenance=provenance,
+    )

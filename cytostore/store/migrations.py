@@ -166,6 +166,13 @@ CREATE TABLE id_counters (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL);
 INSERT INTO id_counters SELECT 'cell_id', coalesce(max(cell_id), 0) FROM cells;
 """
 
+_M035_PREDICTION_PROVENANCE = """
+ALTER TABLE predictions ADD COLUMN in_training BOOLEAN;
+ALTER TABLE predictions ADD COLUMN fold INTEGER;
+ALTER TABLE predictions ADD COLUMN train_similarity DOUBLE;
+ALTER TABLE predictions ADD COLUMN out_of_distribution BOOLEAN;
+"""
+
 MIGRATIONS: list[Migration] = [
     (1, "m001_catalog", _M001_CATALOG),
     (2, "m002_models_heads_predictions", _M002_LATER_FLOORS),
@@ -176,4 +183,5 @@ MIGRATIONS: list[Migration] = [
     (32, "m032_files_checksums", _M032_FILES),
     (33, "m033_tags", _M033_TAGS),
     (34, "m034_cell_id_high_water", _M034_ID_HIGH_WATER),
+    (35, "m035_prediction_provenance", _M035_PREDICTION_PROVENANCE),
 ]

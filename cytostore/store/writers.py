@@ -198,6 +198,11 @@ def write_predictions(
     label: Column,
     probability: Column,
     probabilities: Column,
+    in_training: Column | None = None,
+    fold: Column | None = None,
+    train_similarity: Column | None = None,
+    out_of_distribution: Column | None = None,
+    replace_head: bool = False,
 ) -> int:
     """Write (or replace) one ``predictions`` row per cell; ``predicted_at`` is now.
 
@@ -208,6 +213,15 @@ def write_predictions(
         label: (n,) predicted labels.
         probability: (n,) probability of the predicted label.
         probabilities: (n,) JSON documents ``{class: probability}``.
+        in_training: (n,) whether the cell is in the saved head's training data
+            (``None``: NULL, unknown).
+        fold: (n,) the cross-validation fold whose model predicted the cell while
+            holding it out (``None`` or a NULL value: the saved head predicted it).
+        train_similarity: (n,) similarity of the cell to its nearest training cell
+            of the head, itself excluded (``None``: NULL, not computed).
+        out_of_distribution: (n,) whether the cell lies outside the head's
+            training data (``None``: NULL, not computed).
+        replace_head: Delete every earlier row of ``head`` first.
 
     Returns:
         The number of rows written.
@@ -216,16 +230,27 @@ def write_predictions(
         InvalidArgumentError: If the columns differ in length.
     """
     ids = _as_list(cell_id)
+    n = len(ids)
+
+    def _or_null(values: Column | None) -> Column:
+        return _repeat(None, n) if values is None else values
+
     with store.transaction() as con:
+        if replace_head:
+            con.execute("DELETE FROM predictions WHERE head = ?", [head])
         return _insert_columns(
             con,
             "predictions",
             {
                 "cell_id": ids,
-                "head": _repeat(head, len(ids)),
+                "head": _repeat(head, n),
                 "label": label,
                 "probability": probability,
                 "probabilities": probabilities,
+                "in_training": _or_null(in_training),
+                "fold": _or_null(fold),
+                "train_similarity": _or_null(train_similarity),
+                "out_of_distribution": _or_null(out_of_distribution),
             },
             computed={"predicted_at": "now()"},
             replace=True,

@@ -98,7 +98,11 @@ def test_predict_and_explain_cli__cell(store: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["n_predicted"] == 160
-    assert "160 rows written to predictions" in result.stderr
+    assert json.loads(result.stdout)["kept_out_of_fold"] == 32  # the probe's test part
+    assert (
+        "128 rows written to predictions (32 cells kept their out-of-fold "
+        "predictions)" in result.stderr
+    )
     png = tmp_path / "m.png"
     result = runner.invoke(
         main,
