@@ -70,6 +70,13 @@ from cytostore.cli._common import (
     show_default=True,
     help="Epochs per fold at most (early stopping).",
 )
+@click.option(
+    "--prior-correction",
+    is_flag=True,
+    help="Train on the natural class frequencies and divide the training class "
+    "prior out of the posterior (decide as if classes were equally likely) "
+    "instead of the default class-balanced loss.",
+)
 @seed_option
 @device_option
 @format_option
@@ -84,6 +91,7 @@ def mil(
     name: str | None,
     min_bag_size: int,
     max_epochs: int,
+    prior_correction: bool,
     seed: int,
     device: str,
     fmt: str,
@@ -91,13 +99,18 @@ def mil(
     """Cross-validate a gated attention-MIL head on patient bags, report and save it.
 
     Out-of-fold patient predictions go to the table patient_predictions and per-cell
-    attention to attention; the saved head is refitted on every bag.
+    attention to attention; the saved head is refitted on every bag for the median
+    of the folds' best epochs (at least 10). A patient gets the class of highest
+    posterior, the head trained with a class-balanced loss (or, with
+    --prior-correction, unweighted with the training class prior divided out).
 
     \b
     Example:
-        cytostore mil demo-store --model tiny --bag patient_id --label bag_label
-        cytostore mil demo-store --model tiny --split splits/genbloom_aml_hehr
-        cytostore sql demo-store "SELECT * FROM patient_predictions"
+        cytostore mil demo-out/store --model tiny-simclr --bag patient_id \\
+            --label bag_label --name subtype
+        cytostore mil demo-out/store --model tiny-simclr --split splits/mll_test.tsv
+        cytostore sql demo-out/store \\
+            "SELECT * FROM patient_predictions WHERE head = 'subtype'"
     """
     from cytostore.heads.mil import mil as run_mil
 
@@ -113,6 +126,7 @@ def mil(
             name=name,
             min_bag_size=min_bag_size,
             max_epochs=max_epochs,
+            prior_correction=prior_correction,
             seed=seed,
             device=device,
             progress=progress,

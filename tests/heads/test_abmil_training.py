@@ -8,13 +8,21 @@ hand for a head whose logits are fixed.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
+from heads_helpers import build_mil_store
 from sklearn.metrics import balanced_accuracy_score
 
+from cytostore.cli import main
 from cytostore.errors import InvalidArgumentError
 from cytostore.heads.abmil import ABMILHead, refit_epochs
+from cytostore.heads.mil import mil
+from cytostore.heads.registry import load_head, retrain_command
 
 SMALL = {"hidden": 32, "attention_dim": 16}
 
@@ -190,3 +198,75 @@ def test_abmil__state_round_trip_keeps_the_prior_and_the_decisions() -> None:
     doc["learned"]["class_prior_"] = [0.5]
     with pytest.raises(ValueError, match="class_prior_"):
         ABMILHead.from_state(arrays, doc)
+
+
+def test_mil__refit_length_is_the_robust_choice_of_the_folds_best_epochs(
+    tmp_path: Path,
+) -> None:
+    store, _ = build_mil_store(tmp_path / "s")
+    report = mil(store, "tiny", folds=3, name="ab", n_boot=20, max_epochs=14)
+    out = report.to_dict()
+    best = [f["best_epoch"] for f in out["folds"]]
+    assert len(best) == 3 and all(10 <= b <= 14 for b in best)
+    assert out["refit_epochs"] == refit_epochs(best, min_epochs=10)
+    assert out["decision_rule"].startswith("argmax of the posterior")
+    head, meta = load_head(store, "ab")
+    assert isinstance(head, ABMILHead) and not head.prior_correction
+    assert head.n_epochs_ == head.best_epoch_ == out["refit_epochs"]
+    assert meta["best_epochs"] == best and meta["refit_epochs"] == out["refit_epochs"]
+
+
+def _split(folder: Path, test: list[str], train: list[str]) -> Path:
+    folder.mkdir()
+    for part, ids in (("test", test), ("train", train)):
+        text = "patient_name,labels\n" + "".join(f"{i},0\n" for i in ids)
+        (folder / f"cohort_{part}.csv").write_text(text)
+    return folder / "cohort_test.csv"
+
+
+def test_mil__prior_comes_from_training_patients_only(tmp_path: Path) -> None:
+    ids = [f"PT{i:02d}" for i in range(20)]
+    split = _split(tmp_path / "split", ids[:6], ids[6:])
+    probabilities = []
+    for relabel in (False, True):
+        store, _ = build_mil_store(tmp_path / f"s{relabel}")
+        if relabel:  # only the test patients' labels change (and the class counts)
+            rows = [{"patient_id": p, "bag_label": "control"} for p in ids[:6]]
+            store.upsert_patients("mll_helmholtz", rows)
+        mil(
+            store,
+            "tiny",
+            split=str(split),
+            name="ab",
+            n_boot=20,
+            max_epochs=12,
+            prior_correction=True,
+        )
+        probabilities.append(
+            store.sql(
+                "SELECT patient_id, probabilities, true_label FROM patient_predictions "
+                "WHERE head = 'ab' ORDER BY patient_id"
+            ).rows
+        )
+    before, after = probabilities
+    assert [r[0] for r in before] == ids[:6] == [r[0] for r in after]
+    assert [r[2] for r in after] == ["control"] * 6 != [r[2] for r in before]
+    assert [r[1] for r in before] == [r[1] for r in after]
+
+
+def test_mil_cli__prior_correction_flag_is_used_saved_and_retrained_with(
+    tmp_path: Path,
+) -> None:
+    store, _ = build_mil_store(tmp_path / "s")
+    args = ["mil", str(store.root), "--model", "tiny", "--folds", "2", "--name", "ab"]
+    args += ["--max-epochs", "3", "--prior-correction", "--format", "json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["decision_rule"].startswith("argmax of posterior / training")
+    head, meta = load_head(store, "ab")
+    assert isinstance(head, ABMILHead) and head.prior_correction
+    assert head.class_weight is None
+    np.testing.assert_array_equal(head.class_prior_, [0.5, 0.5])
+    command = retrain_command(store, "ab", meta)
+    assert " --prior-correction " in command and "True" not in command
