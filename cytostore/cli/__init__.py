@@ -104,8 +104,8 @@ def main(verbose: bool) -> None:
 
     \b
     Example:
-        cytostore synth demo-data --cells-per-dataset 600 --seed 0
-        cytostore ingest demo-store demo-data
-        cytostore info demo-store
+        cytostore synth demo-out/data --cells-per-dataset 400 --patients-per-subtype 5
+        cytostore ingest demo-out/store demo-out/data
+        cytostore info demo-out/store
     """
     configure_output(verbose)

@@ -47,9 +47,10 @@ def build_index(
 
     \b
     Example:
-        cytostore build-index demo-store --index HNSW32
-        cytostore build-index big-store --index IVF1024,Flat --nprobe 32
-        cytostore build-index demo-store --rebuild
+        cytostore build-index demo-out/store --model tiny-simclr --index HNSW32
+        cytostore build-index demo-out/store --model tiny-random --index IVF16,Flat \\
+            --nprobe 4
+        cytostore build-index demo-out/store --model tiny-simclr --rebuild
     """
     from cytostore.store import Store
 

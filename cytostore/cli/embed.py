@@ -67,9 +67,10 @@ def embed(
 
     \b
     Example:
-        cytostore embed demo-store --model random-tiny
-        cytostore embed big-store --model simclr-r18 --index HNSW32 --dtype float16
-        cytostore embed big-store --model simclr-r18 --shard 2/8   # on machine 2 of 8
+        cytostore embed demo-out/store --model tiny-simclr
+        cytostore embed demo-out/store --model tiny-random --index HNSW32 \\
+            --dtype float16
+        cytostore embed demo-out/store --model tiny-simclr --shard 2/8  # machine 2 of 8
     """
     from cytostore.embedder import embed as run_embed
     from cytostore.store import Store

@@ -70,9 +70,8 @@ def explain(
 
     \b
     Example:
-        cytostore explain demo-store --cell 17 --head linear-cell_type-tiny
-        cytostore explain demo-store --patient AQK --head abmil-bag_label-tiny \\
-            --montage aqk.png
+        cytostore explain demo-out/store --cell 17 --head bm-linear
+        cytostore explain demo-out/store --patient KFP --head subtype --montage why.png
     """
     from cytostore.heads.explain import explain as run_explain
 

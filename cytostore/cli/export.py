@@ -28,8 +28,8 @@ def export(store: Path, out: Path, fmt: str) -> None:
 
     \b
     Example:
-        cytostore export demo-store demo-parquet
-        duckdb -c "SELECT count(*) FROM 'demo-parquet/embeddings_*.parquet'"
+        cytostore export demo-out/store demo-out/parquet
+        duckdb -c "SELECT count(*) FROM 'demo-out/parquet/embeddings_*.parquet'"
     """
     from cytostore.store import Store
 

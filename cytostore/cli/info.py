@@ -27,8 +27,8 @@ def info(store: Path, fmt: str) -> None:
 
     \b
     Example:
-        cytostore info demo-store
-        cytostore info demo-store --format json
+        cytostore info demo-out/store
+        cytostore info demo-out/store --format json
     """
     summary = Store.open(store).info()
     cols = ["dataset", "layout", "cells", "patients", "labels", "skipped", "um_per_px"]

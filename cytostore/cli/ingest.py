@@ -118,10 +118,10 @@ def ingest(
 
     \b
     Example:
-        cytostore ingest demo-store demo-data
-        cytostore ingest my-store ~/Downloads/TCIA --workers 4
-        cytostore ingest my-store exports/ --pattern '{patient_id}/{label}/*.jpg'
-        cytostore ingest my-store exports/ --patients patients.csv \\
+        cytostore ingest demo-out/store demo-out/data
+        cytostore ingest demo-out/store demo-out/data --workers 4  # adds nothing
+        cytostore ingest lab-store exports/ --pattern '{patient_id}/{label}/*.jpg'
+        cytostore ingest lab-store exports/ --patients patients.csv \\
             --pattern '{patient_id}/*.png'
     """
     from cytostore.data import ingest as run_ingest

@@ -77,9 +77,9 @@ def verify(store: Path, images: bool, repair: bool, fmt: str) -> None:
 
     \b
     Example:
-        cytostore verify demo-store
-        cytostore verify demo-store --repair
-        cytostore verify demo-store --images --format json
+        cytostore verify demo-out/store
+        cytostore verify demo-out/store --repair
+        cytostore verify demo-out/store --images --format json
     """  # noqa: D301 - click needs the \b character
     report = Store.open(store).verify(images=images, repair=repair)
     if fmt != "json":
@@ -121,8 +121,8 @@ def ls(store: Path, what: str | None, fmt: str) -> None:
 
     \b
     Example:
-        cytostore ls demo-store
-        cytostore ls demo-store sets --format json
+        cytostore ls demo-out/store
+        cytostore ls demo-out/store sets --format json
     """  # noqa: D301 - click needs the \b character
     groups = Store.open(store).ls(what)
     if what is not None:
@@ -175,8 +175,8 @@ def gc(
 
     \b
     Example:
-        cytostore gc demo-store --dry-run
-        cytostore gc demo-store --cache
+        cytostore gc demo-out/store --dry-run
+        cytostore gc demo-out/store --cache
     """  # noqa: D301 - click needs the \b character
     report = Store.open(store).gc(
         dry_run=dry_run,
@@ -220,7 +220,7 @@ def relocate(
 
     \b
     Example:
-        cytostore relocate demo-store lmu /mnt/data/lmu
+        cytostore relocate demo-out/store lmu /mnt/data/lmu  # the images moved
     """  # noqa: D301 - click needs the \b character
     report = Store.open(store).relocate(dataset, new_root, sample=sample, seed=seed)
     if fmt == "table":

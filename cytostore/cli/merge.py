@@ -29,9 +29,9 @@ def merge(store: Path, model: str | None, fmt: str) -> None:
 
     \b
     Example:
-        cytostore embed big-store --model simclr-r18 --shard 1/2
-        cytostore embed big-store --model simclr-r18 --shard 2/2
-        cytostore merge big-store
+        cytostore embed demo-out/store --model tiny-simclr --shard 1/2
+        cytostore embed demo-out/store --model tiny-simclr --shard 2/2
+        cytostore merge demo-out/store
     """
     from cytostore.store import Store
 

@@ -26,8 +26,8 @@ def models(store: Path, fmt: str) -> None:
 
     \b
     Example:
-        cytostore models demo-store
-        cytostore models demo-store --format json
+        cytostore models demo-out/store
+        cytostore models demo-out/store --format json
     """  # noqa: D301 - click needs the \b character
     from cytostore.cli.maintenance import render_models
     from cytostore.store import list_models

@@ -24,7 +24,7 @@ from cytostore.cli._common import (
 )
 @where_option
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Neighbours.")
-@click.option("--into", required=True, help="Table to (re)create, e.g. knn10.")
+@click.option("--into", required=True, help="Table to (re)create, e.g. nn_simclr.")
 @format_option
 def neighbors(
     store: Path, model: str | None, where: str | None, k: int, into: str, fmt: str
@@ -36,9 +36,9 @@ def neighbors(
 
     \b
     Example:
-        cytostore neighbors demo-store -k 10 --into knn10
-        cytostore sql demo-store "SELECT m.label, avg((n.label = m.label)::INT)
-            FROM knn10 k JOIN cell_meta m ON m.cell_id = k.cell_id
+        cytostore neighbors demo-out/store --model tiny-simclr -k 10 --into nn_simclr
+        cytostore sql demo-out/store "SELECT m.label, avg((n.label = m.label)::INT)
+            FROM nn_simclr k JOIN cell_meta m ON m.cell_id = k.cell_id
             JOIN cell_meta n ON n.cell_id = k.neighbor_id GROUP BY ALL"
     """
     from cytostore.store import Store

@@ -20,7 +20,7 @@ from cytostore.cli._common import (
 @click.command("predict")
 @store_argument
 @click.option(
-    "--head", required=True, help="Name of a saved head (see 'cytostore info')."
+    "--head", required=True, help="Name of a saved head (see 'cytostore ls STORE heads')."
 )
 @where_option
 @format_option
@@ -29,8 +29,9 @@ def predict(store: Path, head: str, where: str | None, fmt: str) -> None:
 
     \b
     Example:
-        cytostore predict demo-store --head knn-label-tiny --where "dataset='lmu'"
-        cytostore sql demo-store "SELECT label, count(*) FROM predictions GROUP BY 1"
+        cytostore predict demo-out/store --head bm-linear --where "dataset = 'bm'"
+        cytostore sql demo-out/store \\
+            "SELECT label, count(*) FROM predictions GROUP BY 1"
     """
     from cytostore.heads.predict import domain_shift_warning
     from cytostore.heads.predict import predict as run_predict

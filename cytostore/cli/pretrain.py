@@ -164,12 +164,13 @@ def pretrain(
 
     \b
     Example:
-        cytostore pretrain demo-store --name tiny-simclr --backbone tiny --epochs 2
-        cytostore pretrain my-store --name cpu15 --max-minutes 15
-        cytostore pretrain my-store --name cpu15 --max-minutes 15 --resume
-        cytostore pretrain big-store --name r50 --backbone resnet50 --crop-px 128 \\
-            --batch-size 256 --epochs 100 --devices 4 --strategy ddp
-        cytostore pretrain my-store --name random-tiny --method none
+        cytostore pretrain demo-out/store --name tiny-simclr --method simclr \\
+            --backbone tiny --epochs 2
+        cytostore pretrain demo-out/store --name cpu15  # the CPU recipe: 15 min
+        cytostore pretrain demo-out/store --name cpu15 --resume
+        cytostore pretrain demo-out/store --name r50-dino --devices 4 --strategy ddp
+        cytostore pretrain demo-out/store --name tiny-random --backbone tiny \\
+            --method none
     """
     from cytostore.embedder.pretrain import pretrain as run_pretrain
 

@@ -135,11 +135,14 @@ def probe(
 
     \b
     Example:
-        cytostore probe demo-store --model tiny --label cell_type
-        cytostore probe demo-store --model tiny --label label --kind knn --folds 5
-        cytostore probe demo-store --model tiny --label cell_type \\
-            --train-where "dataset='bm'" --test-where "dataset='lmu'"
-        cytostore probe demo-store --model tiny --label label --by sex --format json
+        cytostore probe demo-out/store --model tiny-simclr --label label \\
+            --where "dataset = 'bm'" --name bm-linear
+        cytostore probe demo-out/store --model tiny-simclr --label cell_type \\
+            --kind knn --folds 5
+        cytostore probe demo-out/store --model tiny-simclr --label cell_type \\
+            --train-where "dataset = 'bm'" --test-where "dataset = 'lmu'"
+        cytostore probe demo-out/store --model tiny-random --label label --by dataset \\
+            --format json
     """
     from cytostore.heads.probe import probe as run_probe
 

@@ -101,10 +101,10 @@ def rm(
 
     \b
     Example:
-        cytostore rm demo-store patient P007 --dataset mll_helmholtz --dry-run
-        cytostore rm demo-store patient P007 --dataset mll_helmholtz
-        cytostore rm demo-store head cell-type-knn
-        cytostore rm demo-store model random-tiny --cascade
+        cytostore rm demo-out/store patient KFP --dataset mll_helmholtz --dry-run
+        cytostore rm demo-out/store patient KFP --dataset mll_helmholtz
+        cytostore rm demo-out/store head bm-linear
+        cytostore rm demo-out/store model tiny-random --cascade
     """  # noqa: D301 - click needs the \b character
     from cytostore.store import Store
 

@@ -24,7 +24,8 @@ from cytostore.cli._common import (
     "--image",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Query by this image file (embedded with the set's model).",
+    help="Query by this image file: a catalogued one (same sha256) by its cell's "
+    "stored vector, any other embedded with the set's model.",
 )
 @click.option(
     "--model", default=None, help="Embedding set's model (default: the only one)."
@@ -38,7 +39,8 @@ from cytostore.cli._common import (
     "--um-per-px",
     type=float,
     default=None,
-    help="Pixel size of --image in µm (default: unknown, resized whole).",
+    help="Pixel size of --image in µm (default: its dataset's when the file lies "
+    "in a dataset's folder, else unknown: resized whole, with a warning).",
 )
 @click.option(
     "--montage",
@@ -68,9 +70,11 @@ def search(
 
     \b
     Example:
-        cytostore search demo-store --cell 42 -k 5
-        cytostore search demo-store --cell 42 --where "dataset = 'bm'" --format json
-        cytostore search demo-store --image my_cell.png --montage hits.png
+        cytostore search demo-out/store --model tiny-simclr --cell 42 -k 5
+        cytostore search demo-out/store --model tiny-simclr --cell 42 \\
+            --where "dataset = 'bm'" --format json
+        cytostore search demo-out/store --model tiny-simclr --image my_cell.png \\
+            --um-per-px 0.1 --montage hits.png
     """
     from cytostore.embedder import search as run_search
     from cytostore.store import Store
@@ -88,6 +92,13 @@ def search(
         device=device,
     )
     echo_result(render_rows(result.columns, result.rows, fmt))
+    matched = result.query.get("matched_cell")
+    if matched is not None:
+        kept = "kept" if include_self else "left out (--include-self keeps it)"
+        echo_summary(
+            f"{image} is catalogued as cell {matched} (same sha256): searched with its "
+            f"stored vector; the cell itself is {kept}"
+        )
     es = result.embedding_set
     summary = f"{len(result.rows)} hits in set {es.set_id} ({es.model}, {es.metric})"
     if result.montage is not None:

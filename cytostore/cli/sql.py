@@ -41,8 +41,8 @@ def sql(store: Path, query: str, fmt: str, timeout_s: float | None) -> None:
 
     \b
     Example:
-        cytostore sql demo-store "SELECT label, count(*) AS n FROM cells GROUP BY ALL"
-        cytostore sql demo-store "DESCRIBE cell_meta" --format json
+        cytostore sql demo-out/store "SELECT label, count(*) AS n FROM cells GROUP BY 1"
+        cytostore sql demo-out/store "DESCRIBE cell_meta" --format json
     """
     result = Store.open(store).sql(query, timeout_s=timeout_s)
     echo_result(render_rows(result.columns, result.rows, fmt))

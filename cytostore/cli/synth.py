@@ -78,8 +78,8 @@ def synth(
 
     \b
     Example:
-        cytostore synth demo-data --cells-per-dataset 600 --seed 0
-        cytostore synth small --cells-per-dataset 120 --patients-per-subtype 2
+        cytostore synth demo-out/data --cells-per-dataset 400 --patients-per-subtype 5
+        cytostore synth small-data --cells-per-dataset 120 --patients-per-subtype 2
         cytostore synth bm-only --datasets bm --cells-per-dataset 5000 --workers 8
     """
     from cytostore.data import synthesize

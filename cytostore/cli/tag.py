@@ -35,9 +35,11 @@ def tag(
 
     \b
     Example:
-        cytostore tag demo-store --where "label = 'BLA' AND dataset = 'bm'" --add review
-        cytostore search demo-store --cell 1 --where "list_contains(tags, 'review')"
-        cytostore tag demo-store --where "cell_id = 7" --remove review --add ok
+        cytostore tag demo-out/store --where "label = 'BLA' AND dataset = 'bm'" \\
+            --add review
+        cytostore search demo-out/store --model tiny-simclr --cell 1 \\
+            --where "list_contains(tags, 'review')"
+        cytostore tag demo-out/store --where "cell_id = 7" --remove review --add ok
     """
     from cytostore.store import Store
 
