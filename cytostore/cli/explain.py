@@ -103,7 +103,7 @@ def explain(
         "cell_id",
         "label",
         "dataset",
-        "distance",
+        "similarity",
     ]
     rows = []
     explained = (
@@ -123,7 +123,7 @@ def explain(
                     nb["cell_id"],
                     nb["label"],
                     nb["dataset"],
-                    nb["distance"],
+                    nb["similarity"],
                 ]
             )
     echo_result(render_result(result, fmt, columns, rows))

@@ -31,8 +31,9 @@ def neighbors(
 ) -> None:
     """Write each selected cell's k nearest other cells into the table --into.
 
-    Columns: cell_id, rank, neighbor_id, distance, set_id. Queries and candidates
-    are the cells matching --where; an earlier table of that name is replaced.
+    Columns: cell_id, rank, neighbor_id, similarity (higher is closer, as in search),
+    set_id. Queries and candidates are the cells matching --where; an earlier table
+    of that name is replaced.
 
     \b
     Example:

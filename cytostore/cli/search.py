@@ -66,7 +66,8 @@ def search(
     """Print the k cells most similar to a cell (--cell) or an image (--image).
 
     With --where, the answer is the exact top-k among the matching cells (for the
-    default Flat index). distance is the cosine similarity for the default metric.
+    default Flat index). similarity: higher is closer (cosine similarity; minus the
+    squared L2 distance for l2 sets).
 
     \b
     Example:

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cytostore.errors import ImageDecodeError, InvalidArgumentError
-from cytostore.store import EmbeddingSet, Store
+from cytostore.store import EmbeddingSet, Store, to_similarity
 
 __all__ = ["search", "SearchResult", "RESULT_COLUMNS"]
 
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 RESULT_COLUMNS = (
     "cell_id",
     "rank",
-    "distance",
+    "similarity",
     "dataset",
     "label",
     "cell_type",
@@ -49,7 +49,7 @@ class SearchResult:
     """The hits of one query.
 
     Attributes:
-        embedding_set: The set searched (its ``metric`` names the distance).
+        embedding_set: The set searched (its ``metric`` defines the similarity).
         query: ``{"cell_id": ...}``; or for an image ``{"image": path,
             "matched_cell": id or None, "um_per_px": float or None,
             "um_per_px_from": "given" | "dataset NAME" | None}``
@@ -57,8 +57,9 @@ class SearchResult:
             vector was used; ``um_per_px``: the pixel size the image was embedded at,
             ``None``: unknown or not embedded).
         columns: :data:`RESULT_COLUMNS`.
-        rows: One tuple per hit, best first (``distance``: cosine similarity for
-            metric ``cosine``, squared L2 for ``l2``).
+        rows: One tuple per hit, best first (``similarity``, higher is closer:
+            cosine similarity for metric ``cosine``, minus the squared L2 distance
+            for ``l2``; see :func:`cytostore.store.to_similarity`).
         montage: The PNG written, if one was asked for.
     """
 
@@ -150,10 +151,11 @@ def search(
     dist, ids = searcher.knn(searcher.prepare(vec), int(k) + also_drop.size, exclude)
     keep = (ids[0] >= 0) & ~np.isin(ids[0], also_drop)
     hits, dist = ids[0][keep][: int(k)], dist[:, keep][:, : int(k)]
+    sim = to_similarity(dist[0], es.metric)
     meta = {r[0]: r[1:] for r in store.cell_meta(hits, ("cell_id", *_META)).rows}
     rows = [
         (int(cid), rank, float(d), *meta[int(cid)])
-        for rank, (cid, d) in enumerate(zip(hits, dist[0], strict=False), start=1)
+        for rank, (cid, d) in enumerate(zip(hits, sim, strict=False), start=1)
     ]
     result = SearchResult(es, query, list(RESULT_COLUMNS), rows)
     if montage is None:
@@ -236,10 +238,9 @@ def _draw(store: Store, result: SearchResult, out: Path, image: Path | None) -> 
         qpath, qcaption = image, f"query\n{image.name}"
     images = [_tile(load_rgb, qpath)]
     captions = [qcaption]
-    metric = result.embedding_set.metric
     for row, path in zip(result.rows, paths, strict=True):
         images.append(_tile(load_rgb, path))
-        captions.append(f"{row[1]}. {row[4] or '?'}\n{metric} {row[2]:.3f}")
+        captions.append(f"{row[1]}. {row[4] or '?'}\nsim {row[2]:.3f}")
     title = f"{result.embedding_set.model}: {len(ids)} nearest cells"
     return draw(images, captions, out, title=title, highlight=0)
 

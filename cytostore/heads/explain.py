@@ -15,10 +15,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cytostore.errors import EmptySelectionError, InvalidArgumentError
+from cytostore.errors import (
+    EmptySelectionError,
+    InvalidArgumentError,
+    UnknownCellError,
+    UnknownPatientError,
+)
 from cytostore.heads._data import and_where, load_cells, open_store, sql_literal
 from cytostore.heads.registry import load_head
-from cytostore.store import Store
+from cytostore.store import Store, to_similarity
 
 __all__ = ["explain"]
 
@@ -36,16 +41,9 @@ def _reference_label(st: Store, preferred: str | None) -> str:
     return "label"
 
 
-def _distances(values: npt.NDArray[np.float32], metric: str) -> list[float | None]:
-    out: list[float | None] = []
-    for v in values.tolist():
-        if v is None or np.isnan(v):
-            out.append(None)
-        elif metric == "cosine":
-            out.append(float(1.0 - v))
-        else:
-            out.append(float(np.sqrt(max(v, 0.0))))
-    return out
+def _similarities(values: npt.NDArray[np.float32], metric: str) -> list[float | None]:
+    """Return search scores as ``similarity`` values (None where there is no hit)."""
+    return [None if np.isnan(v) else float(v) for v in to_similarity(values, metric)]
 
 
 def _neighbours(
@@ -60,7 +58,7 @@ def _neighbours(
     sims, ids = st.search(int(cell_id), k, where=where, model=model)
     hit = ids[0] >= 0
     nn_ids = ids[0][hit]
-    dist = _distances(sims[0][hit], metric)
+    sim = _similarities(sims[0][hit], metric)
     if nn_ids.size == 0:
         return []
     meta = st.cell_meta(nn_ids, ["cell_id", label, "dataset", "patient_id"]).rows
@@ -70,9 +68,9 @@ def _neighbours(
             "label": r[1],
             "dataset": r[2],
             "patient_id": r[3],
-            "distance": d,
+            "similarity": s,
         }
-        for r, d in zip(meta, dist, strict=True)
+        for r, s in zip(meta, sim, strict=True)
     ]
 
 
@@ -87,8 +85,8 @@ def _tile(st: Store, cell_id: int) -> npt.NDArray[np.uint8]:
         return np.full((64, 64, 3), 200, dtype=np.uint8)
 
 
-def _fmt_d(d: float | None) -> str:
-    return "-" if d is None else f"{d:.3f}"
+def _fmt_sim(s: float | None) -> str:
+    return "-" if s is None else f"{s:.3f}"
 
 
 def explain(
@@ -114,13 +112,14 @@ def explain(
         reference_label: Column labelling the neighbours (default: the head's label
             for a cell; ``cell_type`` if filled, else ``label``, for a patient).
         montage: Write a PNG grid here: each row an explained cell (red border)
-            followed by its neighbours, with labels, datasets and distances.
+            followed by its neighbours, with labels, datasets and similarities.
 
     Returns:
         For a cell: ``{"cell_id", "prediction": {"label", "probability",
         "probabilities"}, "true_label", "neighbors": [{"cell_id", "label",
-        "dataset", "patient_id", "distance"}]}`` (distance: 1 - cosine similarity
-        for cosine sets, Euclidean for l2 sets); for a patient: ``{"patient",
+        "dataset", "patient_id", "similarity"}]}`` (similarity, higher is closer:
+        the cosine similarity for cosine sets, minus the squared L2 distance for l2
+        sets, as in ``search``); for a patient: ``{"patient",
         "prediction", "true_label", "out_of_fold", "top_cells": [{"cell_id",
         "attention", "neighbors"}]}``; both with ``"montage"`` when written.
 
@@ -128,7 +127,8 @@ def explain(
         InvalidArgumentError: Neither or both of ``cell``/``patient``, or a head of
             the wrong kind.
         UnknownHeadError: If the head does not exist.
-        EmptySelectionError: If the cell or patient has no vectors.
+        UnknownCellError: If the cell has no vector in the head's set.
+        UnknownPatientError: If the patient has no embedded cells.
     """
     if (cell is None) == (patient is None):
         raise InvalidArgumentError("give exactly one of --cell or --patient")
@@ -191,7 +191,14 @@ def _explain_cell(
 ) -> dict[str, Any]:
     label = meta["label"]
     ref = reference_label or label
-    cells = load_cells(st, meta.get("model"), f"cell_id = {cell}", [label])
+    try:
+        cells = load_cells(st, meta.get("model"), f"cell_id = {cell}", [label])
+    except EmptySelectionError:
+        raise UnknownCellError(
+            f"no cell {cell} with a vector of model {meta.get('model')!r}: check "
+            "the id ('cytostore sql STORE \"SELECT cell_id FROM cells\"'), or embed "
+            "it with 'cytostore embed'"
+        ) from None
     proba = estimator.predict_proba(np.asarray(cells.X, np.float32))[0]
     j = int(proba.argmax())
     where = f'"{ref}" IS NOT NULL AND trim(CAST("{ref}" AS VARCHAR)) <> \'\''
@@ -230,10 +237,16 @@ def _explain_patient(
             st, meta.get("model"), where, [bag, "dataset", meta["label"]]
         )
     except EmptySelectionError:
-        raise EmptySelectionError(
-            f"patient {patient!r} has no embedded cells: check the id with "
-            "'cytostore sql "
-            f'STORE "SELECT DISTINCT dataset, {bag} FROM cell_meta"\''
+        known = st.sql(
+            f'SELECT DISTINCT CAST("{bag}" AS VARCHAR) FROM cell_meta '
+            f'WHERE "{bag}" IS NOT NULL'
+        ).rows
+        raise UnknownPatientError.for_name(
+            "patient",
+            patient,
+            [r[0] for r in known],
+            "list them with 'cytostore sql "
+            f'STORE "SELECT DISTINCT dataset, {bag} FROM cell_meta"\'',
         ) from None
     datasets = sorted({str(d) for d in cells.meta["dataset"]})
     if len(datasets) > 1:
@@ -305,7 +318,7 @@ def _draw(
                 nb = neighbours[j]
                 images.append(_tile(st, nb["cell_id"]))
                 captions.append(
-                    f"{nb['label']} ({nb['dataset']})\nd={_fmt_d(nb['distance'])}"
+                    f"{nb['label']} ({nb['dataset']})\nsim {_fmt_sim(nb['similarity'])}"
                 )
             else:
                 images.append(blank)

@@ -1,12 +1,19 @@
 """Batch k-nearest neighbours of many cells, written into a catalog table.
 
-The table ``(cell_id, rank, neighbor_id, distance, set_id)`` lets SQL answer questions
-such as "how often do a class's neighbours share its label, per dataset"::
+The table ``(cell_id, rank, neighbor_id, similarity, set_id)`` lets SQL answer
+questions such as "how often do a class's neighbours share its label, per dataset"::
 
     SELECT m.dataset, m.label, avg((n.label = m.label)::INT) AS agreement
     FROM knn10 k JOIN cell_meta m ON m.cell_id = k.cell_id
                  JOIN cell_meta n ON n.cell_id = k.neighbor_id
     GROUP BY ALL ORDER BY ALL
+
+``similarity`` is higher for closer cells: the cosine similarity for ``cosine`` sets,
+minus the squared L2 distance for ``l2`` sets (see
+:func:`~cytostore.store.search.to_similarity`). Tables written before that name was
+chosen have a ``distance`` column instead, holding the raw search score (cosine
+similarity, or the squared L2 distance); :func:`similarity_sql` reads either, and
+writing the table again with ``neighbors`` renames it.
 """
 
 from __future__ import annotations
@@ -17,15 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cytostore.errors import InvalidArgumentError
+from cytostore.errors import InvalidArgumentError, NotFoundError
 from cytostore.store.catalog import safe_identifier
 from cytostore.store.faults import fault_point
-from cytostore.store.search import Searcher
+from cytostore.store.search import Searcher, to_similarity
 
 if TYPE_CHECKING:
     from cytostore.store.catalog import Catalog as Store
 
-__all__ = ["neighbors"]
+__all__ = ["neighbors", "similarity_sql"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +64,8 @@ def neighbors(
         progress: Called with ``(cells done, cells)``.
 
     Returns:
-        A report: ``table``, ``set_id``, ``model``, ``k``, ``cells``, ``rows``.
+        A report: ``table``, ``set_id``, ``model``, ``metric``, ``k``, ``cells``,
+        ``rows``.
 
     Raises:
         InvalidArgumentError: If ``into`` is not an identifier, names a table or
@@ -78,7 +86,7 @@ def neighbors(
         "cell_id": [],
         "rank": [],
         "neighbor_id": [],
-        "distance": [],
+        "similarity": [],
     }
     for lo in range(0, total, _QUERY_BATCH):
         batch = np.asarray(queries[lo : lo + _QUERY_BATCH], dtype=np.int64)
@@ -89,7 +97,7 @@ def neighbors(
         cols["cell_id"].append(batch[rows])
         cols["rank"].append((ranks + 1).astype(np.int32))
         cols["neighbor_id"].append(ids[hit])
-        cols["distance"].append(dist[hit].astype(np.float32))
+        cols["similarity"].append(to_similarity(dist[hit], searcher.es.metric))
         if progress is not None:
             progress(min(lo + _QUERY_BATCH, total), total)
     table = pa.table(
@@ -108,7 +116,7 @@ def neighbors(
         con.execute(
             f'CREATE TABLE "{into}" AS SELECT cell_id::BIGINT AS cell_id, '
             "rank::INTEGER AS rank, neighbor_id::BIGINT AS neighbor_id, "
-            "distance::FLOAT AS distance, set_id::INTEGER AS set_id "
+            "similarity::FLOAT AS similarity, set_id::INTEGER AS set_id "
             "FROM _neighbors_rows ORDER BY cell_id, rank"
         )
         con.unregister("_neighbors_rows")
@@ -123,10 +131,58 @@ def neighbors(
         "table": into,
         "set_id": searcher.es.set_id,
         "model": searcher.es.model,
+        "metric": searcher.es.metric,
         "k": int(k),
         "cells": total,
         "rows": table.num_rows,
     }
+
+
+def similarity_sql(store: Store, table: str) -> str:
+    """Return a SQL expression for the similarity column of a neighbour table.
+
+    New tables have ``similarity``; older ones ``distance`` (negated here for
+    ``l2`` sets, so the expression is higher-is-closer for every table).
+
+    Args:
+        store: The store.
+        table: A neighbour table's name (a row of ``neighbor_tables``).
+
+    Returns:
+        ``"similarity"``, ``"distance"`` or ``"(-distance)"``.
+
+    Raises:
+        InvalidArgumentError: If ``table`` is not an identifier.
+        NotFoundError: If ``table`` is not a neighbour table of the store.
+    """
+    safe_identifier(table)
+    with store.connect(read_only=True) as con:
+        known = [
+            r[0] for r in con.execute("SELECT name FROM neighbor_tables").fetchall()
+        ]
+        if table not in known:
+            raise NotFoundError.for_name(
+                "neighbour table",
+                table,
+                known,
+                "write one with 'cytostore neighbors STORE --into NAME'",
+            )
+        columns = {
+            r[0]
+            for r in con.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = ?",
+                [table],
+            ).fetchall()
+        }
+        if "similarity" in columns:
+            return "similarity"
+        metric = con.execute(
+            "SELECT e.metric FROM neighbor_tables n JOIN embedding_sets e "
+            "USING (set_id) WHERE n.name = ?",
+            [table],
+        ).fetchall()
+    return "(-distance)" if metric and metric[0][0] == "l2" else "distance"
 
 
 def _check_target(store: Store, into: str) -> None:

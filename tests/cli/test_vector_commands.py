@@ -48,9 +48,9 @@ def test_embed__json_report_then_rerun_embeds_nothing(
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--model", "nope"], 2, "nope"),
+        (["--model", "nope"], 1, "no model 'nope'"),
         (["--model", MODEL, "--where", "label = "], 2, "invalid --where"),
-        (["--model", MODEL, "--where", "colour = 1"], 2, "colour"),
+        (["--model", MODEL, "--where", "colour = 1"], 1, "colour"),
         (["--model", MODEL, "--where", "label = 'none'"], 2, "selects no cells"),
         (["--model", MODEL, "--index", "Bogus"], 2, "invalid FAISS index factory"),
         (["--model", MODEL, "--shard", "3/2"], 2, "--shard"),
@@ -79,20 +79,20 @@ def test_search__cell_in_every_format(embedded_store: Path, fmt: str) -> None:
         assert set(docs[0]) == {
             "cell_id",
             "rank",
-            "distance",
+            "similarity",
             "dataset",
             "label",
             "cell_type",
             "patient_id",
             "path",
         }
-        np.testing.assert_allclose([d["distance"] for d in docs], dist[0], rtol=1e-5)
+        np.testing.assert_allclose([d["similarity"] for d in docs], dist[0], rtol=1e-5)
     elif fmt == "csv":
         rows = list(csv.DictReader(io.StringIO(out)))
         assert [int(r["cell_id"]) for r in rows] == ids[0].tolist()
     else:
         lines = out.splitlines()
-        assert lines[0].split()[:3] == ["cell_id", "rank", "distance"]
+        assert lines[0].split()[:3] == ["cell_id", "rank", "similarity"]
         assert [int(line.split()[0]) for line in lines[2:]] == ids[0].tolist()
     assert "3 hits in set 1 (random-tiny, cosine)" in err
 
@@ -118,7 +118,7 @@ def test_search__where_include_self_and_montage(
     )
     assert code == 0, err
     docs = json.loads(out)
-    assert docs[0]["cell_id"] == 5 and docs[0]["distance"] == pytest.approx(
+    assert docs[0]["cell_id"] == 5 and docs[0]["similarity"] == pytest.approx(
         1.0, abs=1e-5
     )
     assert {d["dataset"] for d in docs[1:]} == {"bm"}
@@ -255,7 +255,7 @@ def test_embed_shards_then_merge(embedded_store_copy: Path) -> None:
             "--device",
             "cpu",
         )
-        assert code == 2 and "shard-model" in err  # not registered yet
+        assert code == 1 and "shard-model" in err  # not registered yet
     from cytostore.embedder import register_random_model
 
     register_random_model(store, "shard-model", backbone="tiny", crop_px=32, seed=0)

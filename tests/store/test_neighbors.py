@@ -2,16 +2,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from vec_helpers import random_vectors
 
-from cytostore.errors import InvalidArgumentError
+from cytostore.errors import InvalidArgumentError, NotFoundError
 from cytostore.store import Store
+from cytostore.store.neighbors import similarity_sql
 
 
 def test_neighbors__table_matches_per_cell_search(vec_store: Store) -> None:
     report = vec_store.neighbors("knn5", 5, where="dataset = 'lmu'")
     assert report["cells"] == 150 and report["rows"] == 750
     rows = vec_store.sql(
-        "SELECT cell_id, rank, neighbor_id, distance, set_id FROM knn5 ORDER BY ALL"
+        "SELECT cell_id, rank, neighbor_id, similarity, set_id FROM knn5 ORDER BY ALL"
     ).rows
     by_cell: dict[int, list[tuple]] = {}
     for r in rows:
@@ -88,3 +90,34 @@ def test_neighbors__refuses_core_tables_and_bad_names(
     with pytest.raises(InvalidArgumentError, match=match):
         vec_store.neighbors(into, 3)
     assert vec_store.sql("SELECT count(*) FROM cells").rows == [(300,)]
+
+
+def test_neighbors__l2_similarity_is_minus_squared_distance(vec_store: Store) -> None:
+    ids, _ = vec_store.vectors("m")
+    es = vec_store.create_embedding_set("l2m", 16, metric="l2")
+    x = random_vectors(ids.size, 16, seed=3)
+    with vec_store.vector_writer(es) as w:
+        w.append(ids, x)
+    vec_store.neighbors("knn2", 2, model="l2m")
+    rows = vec_store.sql(
+        "SELECT cell_id, neighbor_id, similarity FROM knn2 WHERE rank = 1 "
+        "ORDER BY cell_id LIMIT 5"
+    ).rows
+    pos = {int(c): i for i, c in enumerate(ids.tolist())}
+    for cell, nb, sim in rows:
+        want = -float(np.sum((x[pos[cell]] - x[pos[nb]]) ** 2))  # oracle: numpy
+        assert sim == pytest.approx(want, rel=1e-4)
+        assert sim < 0
+    assert similarity_sql(vec_store, "knn2") == "similarity"
+
+
+def test_similarity_sql__reads_a_table_written_with_distance(vec_store: Store) -> None:
+    vec_store.neighbors("knn3", 3)
+    with vec_store.transaction() as con:  # the column name before similarity
+        con.execute("ALTER TABLE knn3 RENAME COLUMN similarity TO distance")
+    expr = similarity_sql(vec_store, "knn3")
+    assert expr == "distance"  # a cosine set: the same values
+    top = vec_store.sql(f"SELECT max({expr}) FROM knn3 WHERE rank = 1").rows[0][0]
+    assert 0 < top <= 1.0 + 1e-6
+    with pytest.raises(NotFoundError, match="did you mean 'knn3'"):
+        similarity_sql(vec_store, "knn4")
