@@ -87,9 +87,8 @@ def relocate(
             names = [
                 r[0] for r in con.execute("SELECT dataset FROM datasets").fetchall()
             ]
-            raise UnknownDatasetError(
-                f"no dataset {dataset!r} in the store (datasets: "
-                f"{', '.join(sorted(names)) or 'none'}): see 'cytostore info STORE'"
+            raise UnknownDatasetError.for_name(
+                "dataset", dataset, names, "see 'cytostore info STORE'"
             )
         cells = con.execute(
             "SELECT path, sha256 FROM cells WHERE dataset = ? ORDER BY cell_id",

@@ -159,10 +159,12 @@ def _resolve(store: Store, kind: str, name: str) -> tuple[_Targets, list[str]]:
     tables = store.sql("SELECT name, set_id FROM neighbor_tables ORDER BY name").rows
     if kind == "head":
         if name not in {h for h, _ in heads}:
-            raise NotInStoreError(
-                f"no head {name!r} in {store.root} (heads: "
-                f"{', '.join(h for h, _ in heads) or 'none'}): check the name with "
-                "'cytostore ls STORE heads'"
+            raise NotInStoreError.for_name(
+                "head",
+                name,
+                [h for h, _ in heads],
+                "check the name with 'cytostore ls STORE heads'",
+                where=str(store.root),
             )
         t.heads = [name]
         return t, []
@@ -170,20 +172,24 @@ def _resolve(store: Store, kind: str, name: str) -> tuple[_Targets, list[str]]:
         known = {r[0] for r in store.sql("SELECT name FROM models").rows}
         t.sets = [s for s in sets if s.model == name]
         if name not in known and not t.sets:
-            raise NotInStoreError(
-                f"no model {name!r} in {store.root} (models: "
-                f"{', '.join(sorted(known)) or 'none'}): check the name with "
-                "'cytostore models STORE'"
+            raise NotInStoreError.for_name(
+                "model",
+                name,
+                known | {s.model for s in sets},
+                "check the name with 'cytostore models STORE'",
+                where=str(store.root),
             )
         t.models = [name] if name in known else []
     else:
         try:
             t.sets = [get_set(store, name)]
         except UnknownEmbeddingSetError:
-            raise NotInStoreError(
-                f"no embedding set {name!r} in {store.root} (sets: "
-                f"{', '.join(s.name for s in sets) or 'none'}): name it as MODEL, "
-                "MODEL@i/n or its set id"
+            raise NotInStoreError.for_name(
+                "embedding set",
+                name,
+                [s.name for s in sets],
+                "name it as MODEL, MODEL@i/n or its set id ('cytostore ls STORE sets')",
+                where=str(store.root),
             ) from None
     set_keys = {str(s.set_id) for s in t.sets}
     set_keys |= {s.model for s in t.sets if s.shard is None}

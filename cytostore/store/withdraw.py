@@ -207,10 +207,12 @@ def _select_cells(
         ).rows[0][0]
         if not found:
             known = store.sql("SELECT dataset FROM datasets ORDER BY 1").rows
-            raise NotInStoreError(
-                f"no dataset {name!r} in {store.root} (datasets: "
-                f"{', '.join(r[0] for r in known) or 'none'}): check the name with "
-                "'cytostore info STORE'"
+            raise NotInStoreError.for_name(
+                "dataset",
+                name,
+                [r[0] for r in known],
+                "check the name with 'cytostore info STORE'",
+                where=str(store.root),
             )
         ds = name
         where, params = "dataset = ?", [name]

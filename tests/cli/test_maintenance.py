@@ -104,4 +104,4 @@ def test_relocate_cli__moves_and_refuses(
     code, out, err = _run("relocate", synthetic_store_copy, "bm", new)
     assert code == 1 and err.startswith("Error: refused: 20 of 20 sampled cells")
     code, _, err = _run("relocate", synthetic_store_copy, "nope", new)
-    assert code == 2 and "no dataset 'nope'" in err
+    assert code == 1 and "no dataset 'nope'" in err
