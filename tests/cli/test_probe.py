@@ -125,10 +125,10 @@ def test_predict_and_explain_cli__cell(store: Path, tmp_path: Path) -> None:
     assert png.is_file()
 
 
-def test_predict_cli__unknown_head_exits_2(store: Path) -> None:
+def test_predict_cli__unknown_head_exits_1(store: Path) -> None:
     result = CliRunner().invoke(main, ["predict", str(store), "--head", "nope"])
-    assert result.exit_code == 2
-    assert "no head named 'nope'" in result.stderr
+    assert result.exit_code == 1
+    assert "no head 'nope'" in result.stderr
 
 
 # ------------------------------------------------- a real published split
