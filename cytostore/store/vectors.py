@@ -207,7 +207,7 @@ def get_set(store: Store, model: str | int | None = None) -> EmbeddingSet:
     raise UnknownEmbeddingSetError.for_name(
         "embedding set",
         model,
-        {s.name for s in sets} | models | {str(s.set_id) for s in sets},
+        {s.name for s in sets} | models,
         "name a model with vectors, a shard as MODEL@i/n, or a set id (see "
         "'cytostore ls STORE sets'); register new weights with 'cytostore pretrain'",
     )
