@@ -48,8 +48,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 class CytostoreGroup(click.Group):
     """A click group mapping library errors to one-line messages and exit codes.
 
-    ``InvalidArgumentError`` → usage error (exit 2); any other ``CytostoreError`` →
-    ``click.ClickException`` (exit 1); anything else keeps its traceback (a bug).
+    ``InvalidArgumentError`` (malformed or refused input) → usage error with the
+    invoked subcommand's usage line (exit 2); any other ``CytostoreError`` (a name the
+    store lacks, a busy or corrupt store) → ``click.ClickException`` (exit 1); anything
+    else keeps its traceback (a bug). Both print one ``Error:`` line.
     """
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -220,7 +222,8 @@ def _cell(value: Any) -> str:
 
 
 def _csv_value(value: Any) -> Any:
-    """Return one csv field: empty for None, nested values as JSON text."""
+    """Return one csv field: empty for None and NaN, nested values as JSON text."""
+    value = to_jsonable(value)
     if value is None:
         return ""
     if isinstance(value, dict | list | tuple):
@@ -389,6 +392,16 @@ class _OwnOrWarning(logging.Filter):
         return record.levelno >= logging.WARNING or record.name.startswith("cytostore")
 
 
+class _LowerLevelFormatter(logging.Formatter):
+    """``warning: message``, the form of the CLI's own warning lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"{record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
 def configure_output(verbose: bool) -> None:
     """Set up stderr for one command: quiet by default, everything with ``-v``.
 
@@ -410,7 +423,7 @@ def configure_output(verbose: bool) -> None:
     if verbose:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     else:
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        handler.setFormatter(_LowerLevelFormatter())
         handler.addFilter(_OwnOrWarning())
     root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
