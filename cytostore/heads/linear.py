@@ -138,8 +138,8 @@ class LinearProbe(BaseHead):
             b = torch.zeros(n_classes, device=device, requires_grad=True)
             self.val_scores_: dict[float, float] = {}
             chosen = float(candidates[0])
-            if len(candidates) > 1:
-                tr, va = inner_validation_split(y_idx, self.val_size, self.seed)
+            tr, va = inner_validation_split(y_idx, self.val_size, self.seed)
+            if len(candidates) > 1 and va.size > 0:  # no class of 2 rows: the first
                 tr, va = (
                     _subsample(tr, y_idx, self.max_select_rows, self.seed),
                     _subsample(va, y_idx, self.max_select_rows, self.seed + 1),
