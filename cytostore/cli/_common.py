@@ -189,16 +189,23 @@ def format_number(value: float) -> str:
 
 
 def _cut(text: str) -> str:
-    """Return ``text`` on one line of at most :data:`MAX_CELL_CHARS` characters."""
-    first, newline, _ = text.partition("\n")
-    first = first.rstrip("\r")
-    if newline or len(first) > MAX_CELL_CHARS:
-        return first[: MAX_CELL_CHARS - 1] + "…"
-    return first
+    """Return ``text`` on one line of at most :data:`MAX_CELL_CHARS` characters.
+
+    A multi-line text (indented JSON, a query plan) has its line breaks and
+    indentation folded into single spaces first.
+    """
+    if "\n" in text or "\r" in text:
+        text = " ".join(text.split())
+    if len(text) > MAX_CELL_CHARS:
+        return text[: MAX_CELL_CHARS - 1] + "…"
+    return text
 
 
-def _inline(value: Any) -> str:
-    """Return a value as uncut table text: numbers plain, containers inline."""
+def _inline(value: Any, nested: bool = False) -> str:
+    """Return a value as uncut table text: numbers plain, containers inline.
+
+    A dict prints as ``k=v, k=v``; a list as ``a, b`` (in a dict: ``[a, b]``).
+    """
     if value is None:
         return ""
     if isinstance(value, bool | str):
@@ -208,11 +215,14 @@ def _inline(value: Any) -> str:
     if isinstance(value, numbers.Real | decimal.Decimal):
         return format_number(float(value))
     if isinstance(value, dict):
-        return ", ".join(f"{k}={_inline(v)}" for k, v in value.items() if not _empty(v))
+        return ", ".join(
+            f"{k}={_inline(v, nested=True)}" for k, v in value.items() if not _empty(v)
+        )
     if isinstance(value, list | tuple):
         if any(isinstance(v, dict | list | tuple) for v in value):
             return json.dumps(to_jsonable(value), ensure_ascii=False)
-        return ", ".join(_inline(v) for v in value)
+        items = ", ".join(_inline(v) for v in value)
+        return f"[{items}]" if nested else items
     return str(value)
 
 

@@ -182,14 +182,14 @@ def test_format_number__no_exponent_below_1e12() -> None:
     assert got == ["45000", "123456789", "-0.5", "1e+12", "0.3333"]
 
 
-def test_render_rows__table_cuts_long_and_multiline_cells_csv_keeps_them() -> None:
+def test_render_rows__table_folds_and_cuts_cells_csv_keeps_them() -> None:
     long = '{"classes": [' + ", ".join(f'"C{i}"' for i in range(40)) + "]}"
     rows = [[1, 45000.0, "two\nlines"], [2, 0.12345, long]]
     table = render_rows(["id", "n", "doc"], rows, "table").splitlines()
     assert table[:3] == [
         "id  n       doc",
         "--  ------  " + "-" * 64,
-        "1   45000   two…",
+        "1   45000   two lines",
     ]
     assert table[3] == "2   0.1235  " + long[:63] + "…"
     csv_lines = render_rows(["id", "n", "doc"], rows, "csv").splitlines()
@@ -201,17 +201,17 @@ def test_render_rows__table_cuts_long_and_multiline_cells_csv_keeps_them() -> No
 
 def test_render_report__four_formats_of_one_object() -> None:
     report = {"model": "m", "shard": None, "loss": float("nan"), "n": 45000,
-              "data": {"bm": 60, "lmu": 60}, "tags": [],
+              "data": {"bm": 60, "lmu": 60, "mean": [1, 2]}, "tags": [],
               "mean": [0.5, 0.25]}  # fmt: skip
     assert render_report(report, "table").splitlines() == [
         "model  m",
         "n      45000",
-        "data   bm=60, lmu=60",
+        "data   bm=60, lmu=60, mean=[1, 2]",
         "mean   0.5, 0.25",
     ]
     assert render_report(report, "csv").splitlines() == [
         "model,shard,loss,n,data,tags,mean",
-        'm,,,45000,"{""bm"": 60, ""lmu"": 60}",[],"[0.5, 0.25]"',
+        'm,,,45000,"{""bm"": 60, ""lmu"": 60, ""mean"": [1, 2]}",[],"[0.5, 0.25]"',
     ]
     (line,) = render_report(report, "jsonl").splitlines()
     assert json.loads(line) == json.loads(render_report(report, "json"))
