@@ -170,4 +170,7 @@ def test_ingest_cli__fifo_and_non_utf8_name_skipped_in_a_real_process(
 def test_ingest_cli__help_has_example() -> None:
     result = CliRunner().invoke(main, ["ingest", "--help"])
     assert result.exit_code == 0
-    assert "  Example:\n      cytostore ingest demo-store demo-data\n" in result.output
+    assert (
+        "  Example:\n      cytostore ingest demo-out/store demo-out/data\n"
+        in result.output
+    )

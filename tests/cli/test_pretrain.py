@@ -37,12 +37,13 @@ def test_pretrain_cli__unknown_backbone_exits_2(tmp_path: Path) -> None:
     assert "'vgg' is not one of 'tiny', 'resnet18'" in result.output
 
 
-def test_pretrain_cli__missing_store_exits_2(tmp_path: Path) -> None:
+def test_pretrain_cli__missing_store_exits_1(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main, ["pretrain", str(tmp_path / "nope"), "--name", "m"]
     )
-    assert result.exit_code == 2
+    assert result.exit_code == 1  # a well-formed name the store lacks
     assert "no store at" in result.output
+    assert not (tmp_path / "nope").exists()
 
 
 def test_pretrain_cli__trains_and_registers_a_tiny_model(

@@ -148,6 +148,26 @@ def test_search__by_image(embedded_store: Path) -> None:
         "cpu",
     )
     assert code == 0, err
+    # A catalogued file is searched with its cell's stored vector, itself left out.
+    assert "catalogued as cell 7" in err
+    assert json.loads(out)[0]["cell_id"] != 7
+
+
+def test_search__by_uncatalogued_image_finds_the_same_pixels(
+    embedded_store: Path, tmp_path: Path
+) -> None:
+    store = Store.open(embedded_store)
+    path = store.cell_paths([7])[0]
+    um = store.cell_meta([7], ["um_per_px"]).rows[0][0]
+    copy = tmp_path / "copy.png"  # same pixels, other bytes: embedded afresh
+    with Image.open(path) as im:
+        im.convert("RGB").save(copy)
+    code, out, err = _run(
+        "search", embedded_store, "--image", copy, "--um-per-px", um, "-k", 1,
+        "--format", "json", "--model", MODEL, "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "catalogued" not in err
     assert json.loads(out)[0]["cell_id"] == 7
 
 
