@@ -20,7 +20,9 @@ from cytostore.cli._common import (
 @click.command("predict")
 @store_argument
 @click.option(
-    "--head", required=True, help="Name of a saved head (see 'cytostore ls STORE heads')."
+    "--head",
+    required=True,
+    help="Name of a saved head (see 'cytostore ls STORE heads').",
 )
 @where_option
 @format_option
