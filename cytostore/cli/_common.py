@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import datetime as _dt
 import decimal
 import io
 import json
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
+from cytostore._json import jsonable as to_jsonable
 from cytostore.errors import CytostoreError, InvalidArgumentError
 
 __all__ = [
@@ -136,27 +136,6 @@ def where_option(func: F) -> F:
             "e.g. \"dataset='lmu' AND age > 60\"."
         ),
     )(func)
-
-
-def to_jsonable(value: Any) -> Any:
-    """Return ``value`` converted to something ``json.dumps`` accepts (NaN → null)."""
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
-    if isinstance(value, _dt.datetime | _dt.date):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy scalar
-        return to_jsonable(value.item())
-    if hasattr(value, "tolist"):
-        return to_jsonable(value.tolist())
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 #: Widest table cell in characters: longer or multi-line cells end in "…" (the
