@@ -41,7 +41,7 @@ from cytostore.store.sandbox import (
     duckdb_message,
     hardened_config,
     interrupt_after,
-    parse_where,
+    where_query,
 )
 
 __all__ = ["Catalog", "QueryResult", "CATALOG_FILE", "CELL_COLUMNS", "safe_identifier"]
@@ -451,9 +451,10 @@ class Catalog:
     ) -> npt.NDArray[np.int64]:
         """Return the sorted cell ids whose ``cell_meta`` row satisfies ``where``.
 
-        ``where`` is parsed as one SQL expression and applied through DuckDB's
-        relational API on a read-only connection: it cannot end its clause or start
-        another statement. Call it before opening a write transaction.
+        ``where`` must parse as exactly one SQL expression; it runs inside a fixed
+        clause on a read-only, hardened connection (see
+        :func:`cytostore.store.sandbox.where_query`): it cannot end its clause or
+        start another statement. Call it before opening a write transaction.
 
         Args:
             where: A SQL boolean expression over the columns of the view ``cell_meta``
@@ -474,13 +475,14 @@ class Catalog:
             raise RuntimeError(
                 "a --where filter is evaluated before the write transaction opens"
             )
-        expr = parse_where(where) if where else None
+        query = (
+            where_query(where)
+            if where
+            else "SELECT cell_id FROM cell_meta ORDER BY cell_id"
+        )
         with self.connect(read_only=True) as con:
             try:
-                rel = con.table("cell_meta")
-                if expr is not None:
-                    rel = rel.filter(expr)
-                ids = rel.project("cell_id").order("cell_id").fetchnumpy()["cell_id"]
+                ids = con.execute(query).fetchnumpy()["cell_id"]
             except duckdb.PermissionException as exc:
                 raise InvalidWhereError(
                     f"--where {where!r} was refused: {duckdb_message(exc)} (a filter "

@@ -12,14 +12,16 @@ for the attacks it covers:
 2. **The statement** (:func:`check_query`): DuckDB's own parser must find exactly
    one statement, and it must be a query: SELECT (with WITH), VALUES, PIVOT/UNPIVOT,
    DESCRIBE, SUMMARIZE, SHOW, EXPLAIN.
-3. **The filter** (:func:`parse_where`): a ``--where`` is parsed by DuckDB as one
-   *expression* and applied through the relational API, never pasted into a
-   statement, so it cannot close its clause or start another statement.
+3. **The filter** (:func:`parse_where`, :func:`where_query`): a ``--where`` must
+   parse, on its own, as exactly one DuckDB *expression*; it is placed on lines of
+   its own inside a fixed clause and the query must parse as one SELECT, so it
+   cannot close its clause or start another statement.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import threading
@@ -35,6 +37,7 @@ __all__ = [
     "ALLOWED_STATEMENTS",
     "check_query",
     "parse_where",
+    "where_query",
     "duckdb_message",
     "interrupt_after",
 ]
@@ -116,6 +119,39 @@ def check_query(query: str) -> duckdb.Statement:
         f"only read-only queries run here ({ALLOWED_STATEMENTS}), not {name}: "
         f"{_OUTSIDE}"
     )
+
+
+@functools.lru_cache(maxsize=256)
+def where_query(where: str) -> str:
+    """Return the query selecting the ids of ``cell_meta`` rows that pass ``where``.
+
+    ``where`` must parse, on its own, as exactly one DuckDB expression
+    (:func:`parse_where`); DuckDB's text of that expression (its ``str``, which is
+    what DuckDB's relational ``filter`` renders too) then sits on lines of its own
+    inside the clause, so a trailing ``--`` comment cannot reach the closing
+    parenthesis, and the whole query must parse as exactly one SELECT. A filter
+    therefore cannot close its clause or start a statement; it runs on the
+    read-only, hardened connection like any user SQL.
+
+    Returns:
+        ``SELECT cell_id FROM cell_meta WHERE (...) ORDER BY cell_id``.
+
+    Raises:
+        InvalidWhereError: If ``where`` is not one expression, or the query built
+            from it is not one SELECT.
+    """
+    rendered = str(parse_where(where))
+    query = f"SELECT cell_id FROM cell_meta WHERE (\n{rendered}\n) ORDER BY cell_id"
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error:
+        statements = []
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise InvalidWhereError(
+            f"invalid --where {where!r}: it does not stay one expression inside a "
+            "WHERE clause; give a plain boolean expression over cell_meta"
+        )
+    return query
 
 
 def parse_where(where: str) -> duckdb.Expression:
