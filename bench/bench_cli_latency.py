@@ -36,6 +36,7 @@ from typing import Any
 
 import duckdb
 import numpy as np
+from _stores import store_with_cells, write_random_set
 
 from cytostore.store import Store
 
@@ -56,24 +57,8 @@ def _machine() -> str:
 
 def build_store(root: Path, n: int, batch: int = 50_000) -> Store:
     """Return a store of ``n`` cells and one random ``n`` x 384 float32 set."""
-    store = Store.create(root)
-    with store.transaction() as con:
-        con.execute(
-            "INSERT INTO datasets VALUES ('bench', 'folder', '/', NULL, NULL, now())"
-        )
-        con.execute(
-            "INSERT INTO cells (cell_id, dataset, path, label) "
-            "SELECT i, 'bench', 'c' || i, 'L' || lpad((i % 20)::VARCHAR, 2, '0') "
-            "FROM range(1, ?) t(i)",
-            [n + 1],
-        )
-    es = store.create_embedding_set("bench", DIM)
-    with store.vector_writer(es) as w:
-        for lo in range(0, n, batch):
-            hi = min(lo + batch, n)
-            rng = np.random.default_rng((0, lo))
-            x = rng.standard_normal((hi - lo, DIM), dtype=np.float32)
-            w.append(np.arange(lo + 1, hi + 1, dtype=np.int64), x)
+    store = store_with_cells(root, n)
+    write_random_set(store, "bench", n, DIM, batch=batch)
     return store
 
 

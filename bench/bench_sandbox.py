@@ -15,8 +15,9 @@ query pasted as text), in the same run, alternating sides:
    filter over a 200,000 x 64 set; cold (the store's set cache emptied before each
    query, so the set is loaded and the filter evaluated each time) vs a plain
    connection reading the set's row and ``SELECT cell_id ... WHERE (...)``, plus the
-   same set load and restricted FAISS search; warm (the loaded set kept, and the store's filter
-   cache answering a repeated filter) vs the same on the held connection.
+   same set load and restricted FAISS search; warm (the loaded set kept, and the
+   store's filter cache answering a repeated filter) vs the same on the held
+   connection.
 
 Target for every row: <= 1.1x the baseline (median of alternating passes).
 
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+from _stores import store_with_cells, write_random_set
 
 from cytostore.store import Store
 from cytostore.store.search import Searcher
@@ -54,25 +56,8 @@ def _machine() -> str:
 
 
 def _build(root: Path, n: int, dim: int) -> Store:
-    store = Store.create(root)
-    with store.transaction() as con:
-        con.execute(
-            "INSERT INTO datasets VALUES ('bench', 'folder', '/', NULL, NULL, now())"
-        )
-        con.execute(
-            "INSERT INTO cells (cell_id, dataset, path, label, width) "
-            "SELECT i, 'bench', 'c' || i, 'L' || lpad((i % 20)::VARCHAR, 2, '0'), "
-            "64 + i % 7 FROM range(1, ?) t(i)",
-            [n + 1],
-        )
-    es = store.create_embedding_set("m", dim)
-    rng = np.random.default_rng(0)
-    with store.vector_writer(es) as w:
-        for lo in range(0, n, 50_000):
-            hi = min(lo + 50_000, n)
-            w.append(
-                np.arange(lo + 1, hi + 1), rng.standard_normal((hi - lo, dim), "f4")
-            )
+    store = store_with_cells(root, n)
+    write_random_set(store, "m", n, dim)
     store.build_index("m")
     return store
 

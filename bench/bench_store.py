@@ -41,6 +41,7 @@ from typing import Any
 import duckdb
 import faiss
 import numpy as np
+from _stores import store_with_cells
 
 from cytostore.store import Store
 
@@ -54,22 +55,6 @@ def _machine() -> str:
         f"{faiss.__version__}, duckdb {duckdb.__version__}, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
     )
-
-
-def _store_with_cells(root: Path, n: int) -> Store:
-    """A store whose catalog holds ``n`` cells with 20 labels (5% each)."""
-    store = Store.create(root)
-    with store.transaction() as con:
-        con.execute(
-            "INSERT INTO datasets VALUES ('bench', 'folder', '/', NULL, NULL, now())"
-        )
-        con.execute(
-            "INSERT INTO cells (cell_id, dataset, path, label) "
-            "SELECT i, 'bench', 'c' || i, 'L' || lpad((i % 20)::VARCHAR, 2, '0') "
-            "FROM range(1, ?) t(i)",
-            [n + 1],
-        )
-    return store
 
 
 def _write(
@@ -129,7 +114,7 @@ def _alternate(
 
 
 def exact_search(scratch: Path, n: int, nq: int, min_s: float) -> dict[str, Any]:
-    store = _store_with_cells(scratch / "exact", n)
+    store = store_with_cells(scratch / "exact", n)
     _write(store, "flat", _gaussian(1), n)
     store.build_index("flat")
     ids, x = store.vectors("flat")
@@ -182,7 +167,7 @@ def exact_search(scratch: Path, n: int, nq: int, min_s: float) -> dict[str, Any]
 
 
 def ann(scratch: Path, n: int, nq: int, nq_flat: int, factory: str) -> dict[str, Any]:
-    store = _store_with_cells(scratch / "ann", n)
+    store = store_with_cells(scratch / "ann", n)
     make = _mixture(3)
     _write(store, "ann", make, n)
     t0 = time.perf_counter()
@@ -259,7 +244,7 @@ def _writer_child(root: str, n: int) -> None:
 
 
 def writer_memory(scratch: Path, n: int) -> dict[str, Any]:
-    _store_with_cells(scratch / "mem", n)
+    store_with_cells(scratch / "mem", n)
     proc = subprocess.run(
         [sys.executable, __file__, "--writer-child", str(scratch / "mem"), str(n)],
         capture_output=True,
