@@ -285,25 +285,13 @@ def mil(
         InvalidArgumentError: Bad arguments.
     """
     st = open_store(store)
-    safe_identifier(bag)
-    safe_identifier(label)
-    if split is None and (folds is None or folds < 2):
-        raise InvalidArgumentError(
-            f"--folds must be >= 2 (got {folds}), or give --split"
-        )
-    if min_bag_size < 1:
-        raise InvalidArgumentError(f"min_bag_size must be >= 1, got {min_bag_size}")
+    _check_args(bag, label, folds, split, min_bag_size)
     name = check_head_name(name or _default_name(model, label))
     cells = load_cells(st, model, where, [bag, label, "dataset", "patient_id"])
     keys, rows, y, excluded = _labelled_bags(cells, bag, label, min_bag_size)
     X = np.asarray(cells.X, dtype=np.float32)
     bags = [X[r] for r in rows]
-    ids = [k[1] for k in keys]
-    if split is not None:
-        plan = make_folds(split, y, ids, seed=seed, keep_val=True)
-    else:
-        plan = make_folds("stratified", y, folds=folds, seed=seed)
-        plan = FoldPlan(f"stratified {folds}-fold (patients)", plan.folds)
+    plan = _plan(split, folds, y, [k[1] for k in keys], seed)
     attention: dict[int, npt.NDArray[np.float64]] = {}
 
     def keep_attention(i: int, fold: Fold, head: ABMILHead) -> None:
@@ -323,67 +311,85 @@ def mil(
     n_steps = len(plan.folds) + 1
     groups = [f"{d}/{b}" for d, b in keys]
     cv = cross_validate(
-        factory,
-        bags,
-        y,
-        groups,
-        plan.folds,
-        auroc=True,
-        after_fit=keep_attention,
-        progress=progress,
-        total_steps=n_steps,
-    )
+        factory, bags, y, groups, plan.folds, auroc=True,
+        after_fit=keep_attention, progress=progress, total_steps=n_steps,
+    )  # fmt: skip
     means = np.stack([b.mean(axis=0) for b in bags])
     base = cross_validate(
         partial(LinearProbe, seed=seed, device=device),
-        means,
-        y,
-        groups,
-        _cell_folds(plan),
-        auroc=True,
-    )
+        means, y, groups, _cell_folds(plan), auroc=True,
+    )  # fmt: skip
     best_epochs = [f.best_epoch or 1 for f in cv.folds]
     epochs = refit_epochs(best_epochs, min_epochs=min(factory().min_epochs, max_epochs))
     final = factory(max_epochs=epochs, early_stopping=False).fit(bags, y)
     if progress is not None:
         progress(n_steps, n_steps)
+    summarise = partial(_summarise, n_boot=n_boot, seed=seed)
     report = MILReport(
-        head=name,
-        model=model,
-        label=label,
-        bag=bag,
-        split=plan.name,
-        classes=cv.classes,
-        summary=cv.summarise(auroc=True, ci=True, n_boot=n_boot, seed=seed),
-        folds=cv.folds,
-        baseline=Baseline(
-            BASELINE,
-            base.summarise(auroc=True, ci=True, n_boot=n_boot, seed=seed),
-            base.folds,
-        ),
-        n_bags=len(bags),
-        n_train=int(round(np.mean([f.n_train for f in cv.folds]))),
-        n_test=int(cv.rows.size),
-        excluded=excluded | _unmatched(plan),
-        refit_epochs=epochs,
-        decision_rule=DECISION_RULES[prior_correction],
+        head=name, model=model, label=label, bag=bag, split=plan.name,
+        classes=cv.classes, summary=summarise(cv), folds=cv.folds,
+        baseline=Baseline(BASELINE, summarise(base), base.folds),
+        n_bags=len(bags), n_train=int(round(np.mean([f.n_train for f in cv.folds]))),
+        n_test=int(cv.rows.size), excluded=excluded | _unmatched(plan),
+        refit_epochs=epochs, decision_rule=DECISION_RULES[prior_correction],
         confusion_png=str(head_dir(st, name) / "confusion.png"),
         attention_rows=int(sum(a.size for a in attention.values())),
         patient_prediction_rows=int(cv.rows.size),
-    )
-    cli = [["--model", model], ["--bag", bag], ["--label", label], ["--where", where]]
-    cli += [["--folds", None if split is not None else folds], ["--split", split]]
-    cli += [["--min-bag-size", min_bag_size], ["--max-epochs", max_epochs]]
-    cli += [["--prior-correction", prior_correction]]
+    )  # fmt: skip
+    cli = _cli_flags(model, bag, label, where, folds, split, min_bag_size)
+    cli += [["--max-epochs", max_epochs], ["--prior-correction", prior_correction]]
     meta: dict[str, Any] = {"kind": "abmil", "model": model, "label": label}
-    meta |= {"bag": bag, "where": where}
-    meta |= {"classes": cv.classes, "n_features": int(X.shape[1])}
-    meta |= {"trained_bags": [list(k) for k in keys], "cli": cli + [["--seed", seed]]}
-    meta |= {"best_epochs": best_epochs, "refit_epochs": epochs}
-    meta |= {"decision_rule": report.decision_rule}
+    meta |= {"bag": bag, "where": where, "n_features": int(X.shape[1])}
+    meta |= {"classes": cv.classes, "trained_bags": [list(k) for k in keys]}
+    meta |= {"cli": cli + [["--seed", seed]], "best_epochs": best_epochs}
+    meta |= {"refit_epochs": epochs, "decision_rule": report.decision_rule}
     _save(st, report, final, meta, cells, keys, rows, cv, attention)
     logger.info("mil %s: balanced accuracy %.4f", name, report.balanced_accuracy)
     return report
+
+
+def _check_args(
+    bag: str, label: str, folds: int | None, split: str | None, min_bag_size: int
+) -> None:
+    """Refuse bad column names, fold counts and bag sizes before any work."""
+    safe_identifier(bag)
+    safe_identifier(label)
+    if split is None and (folds is None or folds < 2):
+        raise InvalidArgumentError(
+            f"--folds must be >= 2 (got {folds}), or give --split"
+        )
+    if min_bag_size < 1:
+        raise InvalidArgumentError(f"min_bag_size must be >= 1, got {min_bag_size}")
+
+
+def _plan(
+    split: str | None, folds: int | None, y: Any, ids: list[str], seed: int
+) -> FoldPlan:
+    """Patient folds: the published split's, or stratified ``folds``-fold."""
+    if split is not None:
+        return make_folds(split, y, ids, seed=seed, keep_val=True)
+    plan = make_folds("stratified", y, folds=folds, seed=seed)
+    return FoldPlan(f"stratified {folds}-fold (patients)", plan.folds)
+
+
+def _summarise(cv: Any, *, n_boot: int, seed: int) -> Any:
+    """Pooled out-of-fold metrics with bootstrap intervals."""
+    return cv.summarise(auroc=True, ci=True, n_boot=n_boot, seed=seed)
+
+
+def _cli_flags(
+    model: str | int | None,
+    bag: str,
+    label: str,
+    where: str | None,
+    folds: int | None,
+    split: str | None,
+    min_bag_size: int,
+) -> list[list[Any]]:
+    """The flags that retrain this head (recorded in its metadata)."""
+    cli: list[list[Any]] = [["--model", model], ["--bag", bag], ["--label", label]]
+    cli += [["--where", where], ["--folds", None if split is not None else folds]]
+    return cli + [["--split", split], ["--min-bag-size", min_bag_size]]
 
 
 def _unmatched(plan: FoldPlan) -> dict[str, int]:
