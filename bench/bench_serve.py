@@ -1,0 +1,571 @@
+"""Does ``cytostore serve`` hold up under load, next to the library call it wraps?
+
+One run, on 127.0.0.1 only, that stops by itself (the server is a child process,
+terminated at the end, killed if it does not stop):
+
+1. **Neighbours under load.** 16 concurrent clients (threads, one keep-alive
+   ``http.client`` connection each: a quarter of ``httpx``'s CPU per request, and the
+   clients share the cores with the server) send ``GET
+   /api/cells/{id}/neighbors?k=10`` with random cell ids back to back to ``python -m
+   cytostore serve STORE --read-only``, against 16 threads calling ``Store.search(id,
+   k=10)`` on one shared ``Store`` in this process. The two sides alternate in rounds
+   until each has run ``--seconds``. Target: API p95 <=
+   1.5x the direct p95 + 20 ms, and no errors.
+2. **Server memory.** ``VmRSS`` of the server process (``/proc/<pid>/status``) after
+   the warm-up and at the end of the run. Target: growth <= 10 %.
+3. **A warm grid page.** 4 concurrent clients each load ``GET /cells?page=P`` (HTML)
+   and then the page's 100 thumbnails, 6 at a time like a browser, for ``--seconds``;
+   the pages' thumbnails were requested once before. Target: page p95 <= 300 ms.
+
+After timing it checks that the API's neighbours are ``Store.search``'s (ids, and
+similarities within 1e-5) for 20 random cells, and that each grid page had 100
+thumbnails.
+
+The store: 200,000 cells whose image files are hard links to a pool of 300 synthetic
+PNGs (200x200) in a folder dataset of 20 label folders, catalogued with one bulk SQL
+insert, and a random 200,000 x 384 float32 set (cosine) with its Flat index.
+``--quick`` makes 20,000 cells and runs 10 s per side.
+
+Usage: ``python bench/bench_serve.py [--quick] [--seconds S] [--store DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import faiss
+import httpx
+import numpy as np
+from _stores import write_random_set
+from PIL import Image, ImageDraw
+
+from cytostore.store import Store
+
+DIM = 384
+K = 10
+POOL = 300
+IMAGE_PX = 200
+LABELS = 20
+CLIENTS = 16
+GRID_CLIENTS = 4
+GRID_CONNECTIONS = 6  # per grid client, like a browser's per-host limit
+GRID_PAGES = 5
+CHECK_CELLS = 20
+TARGET_GRID_S = 0.300
+TARGET_MEM = 0.10
+
+#: Builds thread t's call (False: a failed request) and the function closing it.
+Maker = Callable[[int], tuple[Callable[[], bool], Callable[[], None]]]
+
+
+def _machine() -> str:
+    import starlette
+    import uvicorn
+
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, numpy {np.__version__}, faiss "
+        f"{faiss.__version__}, duckdb {duckdb.__version__}, starlette "
+        f"{starlette.__version__}, uvicorn {uvicorn.__version__}, httpx "
+        f"{httpx.__version__}, OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}"
+    )
+
+
+# -- the store ---------------------------------------------------------------------
+
+
+def _pool(out: Path, n: int = POOL, seed: int = 0) -> list[Path]:
+    """Write ``n`` synthetic cell-like PNGs (a dark nucleus on a pale blob)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        bg = tuple(int(v) for v in rng.integers(200, 250, 3))
+        img = Image.new("RGB", (IMAGE_PX, IMAGE_PX), bg)
+        draw = ImageDraw.Draw(img)
+        c, r = IMAGE_PX // 2 + rng.integers(-15, 16, 2), int(rng.integers(50, 80))
+        draw.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=(225, 170, 200))
+        r2 = int(r * rng.uniform(0.4, 0.8))
+        draw.ellipse(
+            [c[0] - r2, c[1] - r2, c[0] + r2, c[1] + r2],
+            fill=tuple(int(v) for v in rng.integers(60, 140, 3)),
+        )
+        noise = rng.integers(-12, 13, (IMAGE_PX, IMAGE_PX, 3))
+        arr = np.clip(np.asarray(img, np.int16) + noise, 0, 255).astype(np.uint8)
+        path = out / f"pool{i:03d}.png"
+        Image.fromarray(arr).save(path)
+        paths.append(path)
+    return paths
+
+
+def _rel(i: int) -> str:
+    return f"L{i % LABELS:02d}/c{i}.png"
+
+
+def build_store(root: Path, images: Path, n: int) -> Store:
+    """Return a store of ``n`` hard-linked image cells and one random indexed set."""
+    pool = _pool(images.parent / f"{images.name}-pool")
+    for j in range(LABELS):
+        (images / f"L{j:02d}").mkdir(parents=True, exist_ok=True)
+    for i in range(1, n + 1):
+        os.link(pool[i % len(pool)], images / _rel(i))
+    store = Store.create(root)
+    with store.transaction() as con:
+        con.execute(
+            "INSERT INTO datasets VALUES ('bench', 'folder', ?, 0.1, ?, now())",
+            [str(images.resolve()), n],
+        )
+        con.execute(
+            "INSERT INTO cells (cell_id, dataset, path, label, patient_id, um_per_px, "
+            "width, height) SELECT i, 'bench', "
+            "'L' || lpad((i % ?)::VARCHAR, 2, '0') || '/c' || i || '.png', "
+            "'L' || lpad((i % ?)::VARCHAR, 2, '0'), 'P' || lpad((i % 500)::VARCHAR, "
+            "3, '0'), 0.1, ?, ? FROM range(1, ?) t(i)",
+            [LABELS, LABELS, IMAGE_PX, IMAGE_PX, n + 1],
+        )
+    write_random_set(store, "bench", n, DIM)
+    store.build_index("bench")
+    return store
+
+
+# -- the server --------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _proc_status(pid: int, key: str) -> int:
+    """Return a ``/proc/<pid>/status`` memory field in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _cpu_s(pid: int) -> float:
+    """Return user + system CPU seconds of a process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def serve(root: Path, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """Run ``cytostore serve`` on a free 127.0.0.1 port; yield (process, port)."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "cytostore", "serve", str(root)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--read-only"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"server exited {proc.returncode}:\n{log.read_text()}"
+                )
+            try:
+                if httpx.get(base + "/api/models", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not up after 120 s:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield proc, port
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- load --------------------------------------------------------------------------
+
+
+def _closed_loop(
+    n_threads: int, seconds: float, make: Maker
+) -> tuple[list[float], int]:
+    """Run ``n_threads`` closed-loop callers for ``seconds``; return latencies, errors.
+
+    ``make(t)`` builds thread ``t``'s call, which returns False on a failed request,
+    and a function closing what the call holds.
+    """
+    lat: list[list[float]] = [[] for _ in range(n_threads)]
+    errors = [0] * n_threads
+    start = threading.Barrier(n_threads + 1)
+    stop = threading.Event()
+
+    def worker(t: int) -> None:
+        call, close = make(t)
+        start.wait()
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                ok = call()
+            except Exception:  # noqa: BLE001 (a failed request is counted, not raised)
+                ok = False
+            lat[t].append(time.perf_counter() - t0)
+            errors[t] += not ok
+        close()
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    start.wait()
+    time.sleep(seconds)
+    stop.set()
+    for th in threads:
+        th.join()
+    return [x for per in lat for x in per], sum(errors)
+
+
+def _direct(store: Store, n: int, seed: int) -> Maker:
+    def make(t: int) -> tuple[Callable[[], bool], Callable[[], None]]:
+        rng = np.random.default_rng((seed, t))
+
+        def call() -> bool:
+            _, ids = store.search(int(rng.integers(1, n + 1)), k=K)
+            return bool(ids.shape == (1, K))
+
+        return call, lambda: None
+
+    return make
+
+
+class _Conn:
+    """One keep-alive HTTP/1.1 connection to the server (the stdlib client).
+
+    ``http.client`` costs about a quarter of ``httpx``'s CPU per request; the load
+    generator shares the machine's cores with the server, so it should cost little.
+    """
+
+    def __init__(self, port: int) -> None:
+        self._http = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """Return the status and body of ``GET path`` (reconnecting after a failure)."""
+        try:
+            self._http.request("GET", path)
+            resp = self._http.getresponse()
+            return resp.status, resp.read()
+        except (http.client.HTTPException, OSError):
+            self._http.close()  # the next request opens a new connection
+            raise
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _neighbors(conn: _Conn, cid: int) -> tuple[int, Any]:
+    status, body = conn.get(f"/api/cells/{cid}/neighbors?k={K}")
+    return status, json.loads(body) if status == 200 else body
+
+
+def _api(port: int, n: int, seed: int) -> Maker:
+    def make(t: int) -> tuple[Callable[[], bool], Callable[[], None]]:
+        rng = np.random.default_rng((seed, 1000 + t))
+        conn = _Conn(port)
+
+        def call() -> bool:
+            status, got = _neighbors(conn, int(rng.integers(1, n + 1)))
+            return status == 200 and len(got["neighbors"]) == K
+
+        return call, conn.close
+
+    return make
+
+
+_THUMB = re.compile(r'src="([^"]*/thumbnail[^"]*)"')
+
+
+def _thumbnails(html: str) -> list[str]:
+    urls = _THUMB.findall(html)
+    if not urls:  # lazy images: fall back on the cells' ids
+        ids = re.findall(r'class="cell-thumb"[^>]*data-cell-id="(\d+)"', html)
+        urls = [f"/api/cells/{i}/thumbnail" for i in ids]
+    return [u.replace("&amp;", "&") for u in urls]
+
+
+def _load_page(
+    conns: list[_Conn], pool: ThreadPoolExecutor, page: int
+) -> tuple[bool, int]:
+    """Load a grid page, then its thumbnails over all ``conns`` (one list each).
+
+    Returns:
+        Whether every response was a 200, and the page's thumbnail count.
+    """
+    status, body = conns[0].get(f"/cells?page={page}")
+    if status != 200:
+        return False, 0
+    urls = _thumbnails(body.decode())
+
+    def fetch(j: int) -> bool:
+        return all(conns[j].get(u)[0] == 200 for u in urls[j :: len(conns)])
+
+    return all(pool.map(fetch, range(len(conns)))), len(urls)
+
+
+def _grid(port: int, seed: int, counts: list[int]) -> Maker:
+    def make(t: int) -> tuple[Callable[[], bool], Callable[[], None]]:
+        rng = np.random.default_rng((seed, 2000 + t))
+        conns = [_Conn(port) for _ in range(GRID_CONNECTIONS)]
+        pool = ThreadPoolExecutor(GRID_CONNECTIONS)
+
+        def call() -> bool:
+            ok, n_thumbs = _load_page(conns, pool, int(rng.integers(1, GRID_PAGES + 1)))
+            counts.append(n_thumbs)
+            return ok and n_thumbs == 100
+
+        def close() -> None:
+            pool.shutdown()
+            for c in conns:
+                c.close()
+
+        return call, close
+
+    return make
+
+
+def _stats(lat: list[float], errors: int, seconds: float) -> dict[str, float]:
+    q = np.percentile(np.asarray(lat), [50, 95, 99]) if lat else [np.nan] * 3
+    return {
+        "n": len(lat),
+        "errors": errors,
+        "p50": float(q[0]),
+        "p95": float(q[1]),
+        "p99": float(q[2]),
+        "mean": statistics.fmean(lat) if lat else float("nan"),
+        "rate": len(lat) / seconds,
+    }
+
+
+def _check(store: Store, port: int, n: int, seed: int) -> list[str]:
+    """Return the cells whose API neighbours differ from ``Store.search``'s."""
+    bad = []
+    rng = np.random.default_rng((seed, 9))
+    conn = _Conn(port)
+    try:
+        for cid in rng.integers(1, n + 1, CHECK_CELLS).tolist():
+            sims, ids = store.search(cid, k=K)
+            status, got = _neighbors(conn, cid)
+            if status != 200:
+                bad.append(f"{cid}: status {status} {got[:200]!r}")
+                continue
+            nb = got["neighbors"]
+            api_ids = [x["cell_id"] for x in nb]
+            api_sims = np.array([x["similarity"] for x in nb], np.float64)
+            if api_ids != ids[0].tolist() or not np.allclose(
+                api_sims, sims[0], atol=1e-5
+            ):
+                bad.append(f"{cid}: API {api_ids} vs search {ids[0].tolist()}")
+    finally:
+        conn.close()
+    return bad
+
+
+def measure(
+    root: Path, n: int, seconds: float, rounds: int, seed: int
+) -> dict[str, Any]:
+    """Run the three measurements against a server on ``root``; return the numbers."""
+    store = Store.open(root)
+    store.search(1, k=K)  # load the set in this process
+    res: dict[str, Any] = {"n": n, "seconds": seconds, "rounds": rounds}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        serve(root, Path(tmp) / "log") as (
+            proc,
+            port,
+        ),
+    ):
+        pid = proc.pid
+        res["rss_up"] = _proc_status(pid, "VmRSS")
+        # Warm-up: the set loaded in the server, the grid pages' thumbnails made once.
+        _closed_loop(CLIENTS, 2.0, _api(port, n, seed + 1))
+        conns = [_Conn(port) for _ in range(GRID_CONNECTIONS)]
+        with ThreadPoolExecutor(GRID_CONNECTIONS) as pool:
+            for page in range(1, GRID_PAGES + 1):
+                _load_page(conns, pool, page)
+        for c in conns:
+            c.close()
+        res["rss_start"] = _proc_status(pid, "VmRSS")
+        cpu0 = _cpu_s(pid)
+        direct: tuple[list[float], int] = ([], 0)
+        api: tuple[list[float], int] = ([], 0)
+        for r in range(rounds):
+            lat, err = _closed_loop(
+                CLIENTS, seconds / rounds, _direct(store, n, seed + r)
+            )
+            direct = (direct[0] + lat, direct[1] + err)
+            lat, err = _closed_loop(CLIENTS, seconds / rounds, _api(port, n, seed + r))
+            api = (api[0] + lat, api[1] + err)
+        res["api_cpu_s"] = _cpu_s(pid) - cpu0
+        res["rss_mid"] = _proc_status(pid, "VmRSS")
+        counts: list[int] = []
+        grid = _closed_loop(GRID_CLIENTS, seconds, _grid(port, seed, counts))
+        res["rss_end"] = _proc_status(pid, "VmRSS")
+        res["rss_hwm"] = _proc_status(pid, "VmHWM")
+        res["direct"] = _stats(*direct, seconds)
+        res["api"] = _stats(*api, seconds)
+        res["grid"] = _stats(*grid, seconds)
+        res["thumbs"] = sorted(set(counts))
+        res["mismatch"] = _check(store, port, n, seed)
+    return res
+
+
+# -- report ------------------------------------------------------------------------
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """Return the BENCHMARKS.md section for the numbers in ``res``."""
+    d, a, g = res["direct"], res["api"], res["grid"]
+    api_target = 1.5 * d["p95"] + 0.020
+    growth = (res["rss_end"] - res["rss_start"]) / res["rss_start"]
+    met = {
+        "api": a["p95"] <= api_target,
+        "errors": a["errors"] + g["errors"] + d["errors"] == 0,
+        "mem": growth <= TARGET_MEM,
+        "grid": g["p95"] <= TARGET_GRID_S,
+        "check": not res["mismatch"] and res["thumbs"] == [100],
+    }
+    yn = {True: "yes", False: "**no**"}
+
+    def ms(x: float) -> str:
+        return f"{x * 1e3:.1f}"
+
+    def row(name: str, s: dict[str, float], target: str, ok: bool) -> str:
+        return (
+            f"| {name} | {s['n']:,} | {s['rate']:.0f} | {ms(s['p50'])} "
+            f"| {ms(s['p95'])} | {ms(s['p99'])} | {s['errors']} | {target} | {yn[ok]} |"
+        )
+
+    mib = 1 << 20
+    cpu_ms = res["api_cpu_s"] / max(a["n"], 1) * 1e3
+    lines = [
+        "## Web server under load: `cytostore serve` vs `Store.search` "
+        "(`bench_serve.py`)",
+        "",
+        f"Store of {res['n']:,} cells (image files: hard links to {POOL} synthetic "
+        f"{IMAGE_PX}×{IMAGE_PX} PNGs) and one random {res['n']:,}×{DIM} float32 set "
+        f"(Flat, cosine). Server: `python -m cytostore serve STORE --read-only` on "
+        f"127.0.0.1, one process. {CLIENTS} closed-loop clients (threads, one "
+        f"keep-alive `http.client` connection each) on "
+        f"`GET /api/cells/{{id}}/neighbors?k={K}` "
+        f"with random ids, against {CLIENTS} threads calling `Store.search(id, k={K})` "
+        f"on one shared `Store` in the benchmark process; the two alternate in "
+        f"{res['rounds']} rounds, {res['seconds']:.0f} s per side in all. Grid: "
+        f"{GRID_CLIENTS} clients each load `GET /cells?page=P` (P in "
+        f"1..{GRID_PAGES}) and its thumbnails, {GRID_CONNECTIONS} at a time, for "
+        f"{res['seconds']:.0f} s, "
+        "after one untimed load of each page. Latencies in ms; rate = requests (pages) "
+        "per second.",
+        "",
+        "| load | requests | rate /s | p50 | p95 | p99 | errors | target | met |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|",
+        row(f"`Store.search`, {CLIENTS} threads (baseline)", d, "—", d["errors"] == 0),
+        row(
+            f"neighbours API, {CLIENTS} clients",
+            a,
+            f"p95 ≤ 1.5×{ms(d['p95'])} + 20 = {ms(api_target)}",
+            met["api"] and a["errors"] == 0,
+        ),
+        row(
+            f"grid page + {max(res['thumbs'] or [0])} thumbnails, "
+            f"{GRID_CLIENTS} clients",
+            g,
+            f"p95 ≤ {ms(TARGET_GRID_S)}",
+            met["grid"] and g["errors"] == 0,
+        ),
+        "",
+        f"Server memory (VmRSS): {res['rss_up'] / mib:.0f} MiB when up, "
+        f"{res['rss_start'] / mib:.0f} MiB after the warm-up, "
+        f"{res['rss_mid'] / mib:.0f} MiB after the neighbours load, "
+        f"{res['rss_end'] / mib:.0f} MiB at the end (peak {res['rss_hwm'] / mib:.0f} "
+        f"MiB): growth {growth:+.1%} over the run (target ≤ {TARGET_MEM:.0%}: "
+        f"{yn[met['mem']]}). Server CPU: {cpu_ms:.1f} ms per neighbours request "
+        f"(user + system, all threads), API p95 / direct p95 = "
+        f"{a['p95'] / d['p95']:.2f}×.",
+        "",
+        f"Checks after timing: the API's neighbours equal `Store.search`'s (ids, and "
+        f"similarities within 1e-5) for {CHECK_CELLS - len(res['mismatch'])} of "
+        f"{CHECK_CELLS} random cells; thumbnails per grid page: "
+        f"{', '.join(map(str, res['thumbs'])) or 'none'}.",
+        *[f"- mismatch {m}" for m in res["mismatch"][:3]],
+        "",
+        f"Machine: {_machine()}; load average {os.getloadavg()[0]:.1f} at the end "
+        "(shared with other jobs: the server, its clients and the baseline share "
+        f"{os.cpu_count()} cores).",
+        "",
+        "Verdict: "
+        + (
+            "all targets met."
+            if all(met.values())
+            else "missed: "
+            + ", ".join(
+                name
+                for key, name in [
+                    ("api", "API p95"),
+                    ("errors", "no errors"),
+                    ("mem", "memory growth"),
+                    ("grid", "grid page p95"),
+                    ("check", "result checks"),
+                ]
+                if not met[key]
+            )
+            + " (see above)."
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="20,000 cells, 10 s")
+    parser.add_argument("--seconds", type=float, default=None, help="per side (60)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--store", type=Path, default=None, help="reuse or build the store here"
+    )
+    args = parser.parse_args()
+    n = 20_000 if args.quick else 200_000
+    seconds = args.seconds or (10.0 if args.quick else 60.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.store or Path(tmp) / "store"
+        if not (root / "catalog.duckdb").exists():
+            t0 = time.perf_counter()
+            build_store(root, root.parent / f"{root.name}-images", n)
+            print(f"built {root} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        n = int(Store.open(root).sql("SELECT count(*) FROM cells").rows[0][0])
+        res = measure(root, n, seconds, args.rounds, args.seed)
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
