@@ -50,6 +50,8 @@ __all__ = [
     "QueryTimeoutError",
     "UnknownDatasetError",
     "RelocationRefusedError",
+    "UploadTooLargeError",
+    "WriteRefusedError",
 ]
 
 
@@ -233,3 +235,11 @@ class UnknownDatasetError(NotFoundError):
 
 class RelocationRefusedError(CytostoreError):
     """``relocate`` found the sampled images missing or different in the new folder."""
+
+
+class UploadTooLargeError(InvalidArgumentError):
+    """An upload to ``cytostore serve`` is larger than it accepts (HTTP 413)."""
+
+
+class WriteRefusedError(CytostoreError, PermissionError):
+    """A write to a ``cytostore serve --read-only`` server (HTTP 403)."""

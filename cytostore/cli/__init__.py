@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "relocate": "cytostore.cli.maintenance:relocate",
     "rm": "cytostore.cli.rm:rm",
     "search": "cytostore.cli.search:search",
+    "serve": "cytostore.cli.serve:serve",
     "sql": "cytostore.cli.sql:sql",
     "synth": "cytostore.cli.synth:synth",
     "tag": "cytostore.cli.tag:tag",

@@ -5,6 +5,7 @@ the maintenance verbs (``verify``, ``ls``, ``gc``, ``relocate``, ``remove``); th
 names below are what the upper floors need besides it.
 """
 
+from cytostore.store.browse import GRID_COLUMNS, browse_cells, count_cells
 from cytostore.store.catalog import (
     CATALOG_FILE,
     CELL_COLUMNS,
@@ -37,17 +38,20 @@ __all__ = [
     "CELL_COLUMNS",
     "Catalog",
     "DTYPES",
+    "GRID_COLUMNS",
     "EmbeddingSet",
     "EmbeddingSetHandle",
     "MODEL_COLUMNS",
     "QueryResult",
     "Store",
     "VectorWriter",
+    "browse_cells",
     "check_factory",
     "check_query",
     "delete_head_row",
     "delete_model_row",
     "fault_point",
+    "count_cells",
     "forget_files",
     "is_inside",
     "list_models",

@@ -117,6 +117,7 @@ OPENS_STORE = {
     "relocate": ["relocate", "{s}", "lmu", "{out}"],
     "rm": ["rm", "{s}", "model", MODEL],
     "search": ["search", "{s}", "--cell", "1"],
+    "serve": ["serve", "{s}", "--port", "0"],
     "sql": ["sql", "{s}", "SELECT 1"],
     "tag": ["tag", "{s}", "--where", "cell_id = 1", "--add", "x"],
     "verify": ["verify", "{s}"],
