@@ -71,3 +71,5 @@ cs gc "$S" --dry-run
 cs sql "$S" "COPY cells TO 'elsewhere.csv'" || echo "(refused, as it should be)" >&2
 
 printf '\nDemo done. Pictures: %s/search.png, %s/explain.png, %s/heads/*/confusion.png, %s/models/*/curves.png\n' "$DEMO" "$DEMO" "$S" "$S" >&2
+# The web page over the demo store (not started here: it runs until Ctrl-C).
+printf 'Browse it in a web browser (cells, look-alikes, patients, SQL, tags; docs/web.md):\n    .venv/bin/cytostore serve %s\n  then open http://127.0.0.1:8000/\n' "$S" >&2

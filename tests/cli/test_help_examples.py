@@ -29,6 +29,7 @@ NOT_RUN = {
     "synth": "writes thousands of images",
     "mil": "trains attention-MIL heads over folds",
     "probe": "trains heads over folds",
+    "serve": "runs a web server until stopped (tests/serve)",
 }
 #: Example lines that cannot run here (matched by a substring), and why.
 NOT_RUN_LINES = {
