@@ -112,7 +112,9 @@ class ThumbnailCache:
         """Write a thumbnail atomically; give up quietly where the disk refuses."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}")
+            tmp = path.with_name(
+                f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp"
+            )
             tmp.write_bytes(data)
             os.replace(tmp, path)
         except OSError:

@@ -258,6 +258,8 @@ def _caches(store: Store, all_caches: bool) -> list[Path]:
             root / f"{prep_id}.lock"
         ):
             out.append(path)
+    if (root / "thumbnails").is_dir():  # the web page's thumbnails (cytostore serve)
+        out.append(root / "thumbnails")
     return out
 
 

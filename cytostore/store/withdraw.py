@@ -458,13 +458,18 @@ def _save_ids(path: Path, ids: npt.NDArray[np.int64]) -> None:
 
 
 def _thumbnails(store: Store, cells: npt.NDArray[np.int64]) -> list[Path]:
-    """Files under ``STORE/thumbnails/`` named for one of ``cells`` (``<id>.*``)."""
-    base = store.root / "thumbnails"
-    if not base.is_dir():
-        return []
+    """Thumbnails named for one of ``cells`` (``<id>.*``).
+
+    Under ``STORE/cache/thumbnails/`` (the web page's) and ``STORE/thumbnails/``.
+    """
     wanted = {str(int(c)) for c in cells}
+    bases = (store.root / "cache" / "thumbnails", store.root / "thumbnails")
     return sorted(
-        p for p in base.rglob("*") if p.is_file() and p.name.split(".")[0] in wanted
+        p
+        for base in bases
+        if base.is_dir()
+        for p in base.rglob("*")
+        if p.is_file() and p.name.split(".")[0] in wanted
     )
 
 
