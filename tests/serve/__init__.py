@@ -1,0 +1,1 @@
+"""Web app tests (a package, so module names never clash elsewhere)."""

@@ -1,0 +1,226 @@
+"""Fixtures of the web tests: a demo-like store, a live server, a headless Chromium.
+
+The server runs ``cytostore serve`` in a subprocess bound to 127.0.0.1, exactly as a
+user starts it; the browser is Debian's ``chromium`` driven by Playwright (its own
+browser download cannot work offline). Without chromium the browser tests skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cytostore.store import Store
+
+#: Flags checked to run Debian's chromium as root in a container, offline.
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SERVER_START_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class DemoStore:
+    """The web tests' store: two models, a linear head and a MIL head."""
+
+    root: Path
+    models: tuple[str, str]
+    probe_head: str
+    mil_head: str
+    patient: tuple[str, str]  # (dataset, patient_id) of a patient with a MIL bag
+    images: Path  # the synthetic image tree the store was ingested from
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    """A running ``cytostore serve`` process."""
+
+    url: str
+    store: DemoStore
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def get_json(self, path: str) -> Any:
+        """GET ``url + path`` and decode its JSON body.
+
+        Returns:
+            The decoded JSON document.
+        """
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.loads(response.read())
+
+
+@pytest.fixture(scope="session")
+def demo_store(
+    embedded_store: Path,
+    synthetic_tree: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> DemoStore:
+    """A copy of ``embedded_store`` with a second model, a linear and a MIL head."""
+    import torch
+
+    from cytostore.embedder import embed, register_random_model
+    from cytostore.heads import mil, probe
+
+    torch.set_num_threads(1)
+    root = Path(shutil.copytree(embedded_store, tmp_path_factory.mktemp("web") / "s"))
+    store = Store.open(root)
+    register_random_model(store, "random-tiny-b", backbone="tiny", crop_px=32, seed=1)
+    embed(store, "random-tiny-b", device="cpu")
+    probe(store, "random-tiny", "cell_type", name="cell-type", min_count=5, seed=0)
+    mil(
+        store,
+        "random-tiny",
+        where="dataset = 'mll_helmholtz'",
+        folds=2,
+        name="subtype",
+        max_epochs=5,
+        n_boot=50,
+        seed=0,
+    )
+    rows = store.sql(
+        "SELECT dataset, patient_id FROM cell_meta WHERE dataset = 'mll_helmholtz' "
+        "GROUP BY ALL ORDER BY patient_id LIMIT 1"
+    ).rows
+    dataset, patient = rows[0]
+    return DemoStore(
+        root=root,
+        models=("random-tiny", "random-tiny-b"),
+        probe_head="cell-type",
+        mil_head="subtype",
+        patient=(str(dataset), str(patient)),
+        images=synthetic_tree,
+    )
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _server_env(home: Path) -> dict[str, str]:
+    """The subprocess's environment: no user settings, offline, one thread."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CYTOSTORE_")}
+    env.update(
+        HOME=str(home),
+        TORCH_HOME=str(home / "torch"),
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        CYTOSTORE_BUSY_TIMEOUT_S="5",
+    )
+    return env
+
+
+def _wait_until_up(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    """Poll ``GET /api/heads`` until it answers 200, the process dies or time is up.
+
+    Raises:
+        RuntimeError: The server exited or did not answer in time (its log attached).
+    """
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/api/heads", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        try:
+            code = process.wait(timeout=0.2)  # the poll's pause; notices an exit
+        except subprocess.TimeoutExpired:
+            continue
+        raise RuntimeError(
+            f"cytostore serve exited with {code} before answering:\n{log.read_text()}"
+        )
+    raise RuntimeError(
+        f"cytostore serve did not answer {url}/api/heads within "
+        f"{SERVER_START_TIMEOUT_S:.0f} s:\n{log.read_text()}"
+    )
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    demo_store: DemoStore, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """``cytostore serve`` on :func:`demo_store` in a subprocess on 127.0.0.1."""
+    port = _free_port()
+    tmp = tmp_path_factory.mktemp("serve")
+    log = tmp / "serve.log"
+    command = [sys.executable, "-m", "cytostore", "serve", str(demo_store.root)]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=_server_env(tmp)
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(process, url, log)
+        yield LiveServer(url=url, store=demo_store, process=process, log=log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def chromium_path() -> str | None:
+    """Debian's chromium, or ``None`` when it is not installed."""
+    found = shutil.which("chromium") or "/usr/bin/chromium"
+    return found if Path(found).is_file() else None
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the session; skips when chromium is absent."""
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip(
+            "browser tests need Debian's chromium at /usr/bin/chromium: "
+            "apt-get install chromium (.ci/run does this when it can)"
+        )
+    sync_api = pytest.importorskip("playwright.sync_api")
+    playwright = sync_api.sync_playwright().start()
+    try:
+        chromium = playwright.chromium.launch(
+            executable_path=executable, args=CHROMIUM_ARGS, headless=True
+        )
+        yield chromium
+        chromium.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture(scope="module")
+def page(browser: Any, live_server: LiveServer) -> Iterator[Any]:
+    """One browser page (1280x900) shared by a test module, on the live server."""
+    context = browser.new_context(
+        base_url=live_server.url, viewport={"width": 1280, "height": 900}
+    )
+    context.set_default_timeout(20_000)
+    tab = context.new_page()
+    yield tab
+    context.close()

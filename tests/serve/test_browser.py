@@ -1,0 +1,227 @@
+"""The web app in a real headless Chromium: click through the pages a user meets.
+
+One browser and one page serve the whole module (see ``conftest.py``); the server is
+``cytostore serve`` in a subprocess. Each check compares what the page shows with
+what the library computes on the same store. Screenshots are checked to be non-blank;
+with ``WEB_SCREENSHOTS=docs/web`` small copies are also saved there (docs/web.md
+shows them).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from cytostore.store import Store
+
+if TYPE_CHECKING:
+    from serve.conftest import LiveServer
+
+SCREENSHOT_WIDTH_PX = 800
+SCREENSHOT_MAX_BYTES = 100_000
+#: Grey-level standard deviation below which a screenshot counts as blank.
+BLANK_STD = 8.0
+_SCREENSHOTS_DIR = os.environ.get("WEB_SCREENSHOTS")
+_IMAGES_IN_VIEW_LOADED = """() => Array.from(document.images)
+    .filter(i => i.getBoundingClientRect().top < window.innerHeight)
+    .every(i => i.complete && i.naturalWidth > 0)"""
+
+
+def _ids(page: Any, selector: str) -> list[int]:
+    """The ``data-cell-id`` of every element matching ``selector``, in page order."""
+    values = page.locator(selector).evaluate_all(
+        "els => els.map(e => e.dataset.cellId)"
+    )
+    return [int(v) for v in values]
+
+
+def _check_screenshot(page: Any, name: str) -> None:
+    """Screenshot the page, assert it is not blank, and save a small copy if asked.
+
+    Waits until every image in the viewport has loaded (thumbnails are fetched by
+    the browser after the HTML), so a broken image fails here.
+    """
+    page.wait_for_function(_IMAGES_IN_VIEW_LOADED)
+    png = page.screenshot(full_page=False)
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    std = float(np.asarray(image.convert("L"), dtype=np.float32).std())
+    assert std > BLANK_STD, f"screenshot {name} looks blank (grey std {std:.1f})"
+    if _SCREENSHOTS_DIR:
+        small = image.resize(
+            (
+                SCREENSHOT_WIDTH_PX,
+                round(image.height * SCREENSHOT_WIDTH_PX / image.width),
+            ),
+            Image.Resampling.LANCZOS,
+        )
+        out = Path(_SCREENSHOTS_DIR) / f"{name}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for colors in (256, 128, 64, 32):
+            small.quantize(colors=colors).save(out, optimize=True)
+            if out.stat().st_size <= SCREENSHOT_MAX_BYTES:
+                break
+        assert out.stat().st_size <= SCREENSHOT_MAX_BYTES
+
+
+def test_grid__filter_changes_the_cells(page: Any, live_server: LiveServer) -> None:
+    page.goto("/")
+    assert page.url.endswith("/cells") or "/cells?" in page.url
+    assert page.locator(".cell-thumb").count() == 100  # 360 cells, 100 a page
+    where = "dataset = 'bm' AND label IN ('EBO', 'LYT', 'NGS')"
+    store = Store.open(live_server.store.root)
+    rows = store.sql(f"SELECT cell_id, label FROM cell_meta WHERE {where}").rows
+    expected = sorted(int(r[0]) for r in rows)
+    per_label = {str(r[1]): sum(1 for s in rows if s[1] == r[1]) for r in rows}
+    assert 0 < len(expected) < 100 and len(per_label) == 3
+    page.fill("#where", where)
+    page.click("#apply")
+    page.wait_for_url("**/cells?*where=*")
+    assert sorted(_ids(page, ".cell-thumb")) == expected
+    links = page.locator(".cell-thumb").evaluate_all(
+        "els => els.map(e => [e.dataset.cellId, e.querySelector('a').pathname])"
+    )
+    assert all(path == f"/cells/{cell}" for cell, path in links)
+    label_of = {int(r[0]): str(r[1]) for r in rows}
+    texts = page.locator(".cell-thumb").evaluate_all(
+        "els => els.map(e => [Number(e.dataset.cellId), e.innerText])"
+    )
+    assert all(label_of[cell] in text for cell, text in texts)
+    counts = page.locator("#counts").inner_text()
+    for label, n in per_label.items():
+        assert re.search(rf"\b{label}\s+{n}\b", counts), (label, n, counts)
+    _check_screenshot(page, "grid")
+
+
+def test_grid__bad_filter_shows_the_error_inline(page: Any) -> None:
+    response = page.goto("/cells?where=no_such_column%20%3D%201")
+    assert response is not None and response.status == 400
+    assert "no_such_column" in page.locator("#where-error").inner_text()
+    assert page.locator(".cell-thumb").count() == 0
+
+
+def test_cell_page__switching_model_changes_the_neighbours(
+    page: Any, live_server: LiveServer
+) -> None:
+    first, second = live_server.store.models
+    cell = 5
+    page.goto(f"/cells/{cell}?model={first}")
+    assert page.locator("#cell-image").evaluate("img => img.naturalWidth") > 0
+    assert "lmu" in page.locator("#meta").inner_text()
+    shown_first = _ids(page, ".neighbor")
+    _check_screenshot(page, "cell")
+    page.select_option("#model", second)
+    page.wait_for_url(f"**model={second}*")
+    shown_second = _ids(page, ".neighbor")
+    assert shown_first and shown_second and shown_first != shown_second
+    store = Store.open(live_server.store.root)
+    for model, shown in ((first, shown_first), (second, shown_second)):
+        _, ids = store.search(cell, len(shown), model=model)
+        assert shown == ids[0].tolist(), model
+
+
+def test_search__uploaded_image_gets_neighbours(
+    page: Any, live_server: LiveServer
+) -> None:
+    image = next(iter(sorted((live_server.store.images / "bm").rglob("*.jpg"))))
+    page.goto("/search")
+    page.set_input_files("#image", str(image))
+    if page.locator("#um-per-px").count():
+        page.fill("#um-per-px", "0.1")
+    if page.locator("#model").count():
+        page.select_option("#model", live_server.store.models[0])
+    page.click("#search-submit")
+    page.wait_for_selector(".neighbor")
+    ids = _ids(page, ".neighbor")
+    assert ids and all(1 <= i <= 360 for i in ids)
+
+
+def test_patient_page__mil_prediction_and_cells_by_attention(
+    page: Any, live_server: LiveServer
+) -> None:
+    dataset, patient = live_server.store.patient
+    page.goto(f"/patients/{patient}?dataset={dataset}")
+    mil = page.locator("#mil").inner_text()
+    assert live_server.store.mil_head in mil
+    bag_labels = {"control", "CBFB_MYH11", "NPM1", "PML_RARA", "RUNX1_RUNX1T1"}
+    assert any(label in mil for label in bag_labels)
+    by_attention = Store.open(live_server.store.root).sql(
+        "SELECT cell_id FROM attention WHERE head = ? AND dataset = ? "
+        "AND patient_id = ? ORDER BY attention DESC, cell_id",
+        [live_server.store.mil_head, dataset, patient],
+    )
+    expected = [int(r[0]) for r in by_attention.rows]
+    assert len(expected) >= 2
+    assert _ids(page, ".cell-thumb") == expected
+    _check_screenshot(page, "patient")
+
+
+def test_tags__two_cells_tagged_in_the_grid_are_found_with_sql(
+    page: Any, live_server: LiveServer
+) -> None:
+    page.goto("/cells?where=dataset%20%3D%20'mll_helmholtz'")
+    boxes = page.locator(".select-cell")
+    picked = sorted(int(boxes.nth(i).get_attribute("value") or 0) for i in (0, 1))
+    boxes.nth(0).check()
+    boxes.nth(1).check()
+    page.fill("#tag", "browser-picked")
+    with page.expect_response("**/api/tags") as answer:
+        page.click("#add-tag")
+    assert answer.value.status == 200, answer.value.text()
+    assert answer.value.json()["cells"] == 2
+    page.wait_for_function(  # the status line shows the answer (2 cells)
+        "document.querySelector('#tag-status').textContent.includes('2')"
+    )
+    assert "error" not in page.locator("#tag-status").inner_text().lower()
+    page.goto("/sql")
+    page.fill(
+        "#q",
+        "SELECT cell_id FROM cell_meta WHERE list_contains(tags, 'browser-picked') "
+        "ORDER BY cell_id",
+    )
+    page.click("#run-sql")
+    page.wait_for_selector("#sql-results td")
+    cells = page.locator("#sql-results td").all_inner_texts()
+    assert [int(c) for c in cells] == picked
+
+
+def test_serve__cli_tag_and_sql_succeed_while_serving(
+    live_server: LiveServer,
+) -> None:
+    root = str(live_server.store.root)
+    before = live_server.get_json("/api/cells/7")
+    assert "cli-while-serving" not in (before.get("tags") or [])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CYTOSTORE_")}
+    env["CYTOSTORE_BUSY_TIMEOUT_S"] = "5"
+    tagged = subprocess.run(
+        [sys.executable, "-m", "cytostore", "tag", root, "--where", "cell_id = 7"]
+        + ["--add", "cli-while-serving", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert tagged.returncode == 0, tagged.stderr
+    query = subprocess.run(
+        [sys.executable, "-m", "cytostore", "sql", root]
+        + [
+            "SELECT cell_id FROM cell_meta "
+            "WHERE list_contains(tags, 'cli-while-serving')",
+            "--format",
+            "csv",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert query.returncode == 0, query.stderr
+    assert query.stdout.split() == ["cell_id", "7"]
+    assert "cli-while-serving" in live_server.get_json("/api/cells/7")["tags"]
