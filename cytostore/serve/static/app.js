@@ -46,7 +46,6 @@ function drawScaleBar() {
   bar.textContent = "";
   const label = document.createElement("span");
   label.textContent = len + " µm";
-  label.style.cssText = "display:block;margin-top:6px;font-size:11px;white-space:nowrap";
   bar.appendChild(label);
 }
 
