@@ -480,3 +480,45 @@ def test_thumbnails__gc_cache_and_rm_patient_remove_them(store_copy: Path) -> No
     assert left <= set(store.where_ids(None).tolist())
     store.gc(cache=True)
     assert not folder.exists()
+
+
+# ------------------------------------------------------- errors and the command
+
+
+def test_api__a_bug_is_a_500_with_one_line_and_no_traceback(demo_store) -> None:  # noqa: ANN001
+    from starlette.routing import Route
+
+    def boom(request: object) -> None:
+        raise RuntimeError("secret internals")
+
+    app = create_app(demo_store.root)
+    app.router.routes.append(Route("/api/boom", boom))
+    app.router.routes.append(Route("/boom", boom))
+    client = TestClient(app, base_url=BASE, raise_server_exceptions=False)
+    r = client.get("/api/boom")
+    assert r.status_code == 500 and set(r.json()) == {"error"}
+    assert "secret" not in r.text and "Traceback" not in r.text
+    page = client.get("/boom")
+    assert page.status_code == 500 and "secret" not in page.text
+    assert client.get("/api/nothing-here").json() == {"error": "Not Found"}
+
+
+def test_serve_command__off_loopback_prints_a_token_url_and_a_warning(
+    demo_store,  # noqa: ANN001
+) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cytostore", "serve", str(demo_store.root),
+         "--host", "0.0.0.0", "--port", "0", "--read-only"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        first, second = proc.stderr.readline(), proc.stderr.readline()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert "(read-only) at http://0.0.0.0:0/?token=" in first
+    assert second.startswith("warning: bound to 0.0.0.0") and "token" in second
