@@ -7,6 +7,8 @@ browser download cannot work offline). Without chromium the browser tests skip.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -160,15 +162,16 @@ def _wait_until_up(process: subprocess.Popen[bytes], url: str, log: Path) -> Non
     )
 
 
-@pytest.fixture(scope="session")
-def live_server(
-    demo_store: DemoStore, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LiveServer]:
-    """``cytostore serve`` on :func:`demo_store` in a subprocess on 127.0.0.1."""
+@contextlib.contextmanager
+def serving(store: DemoStore, tmp: Path) -> Iterator[LiveServer]:
+    """Run ``cytostore serve`` on ``store`` on 127.0.0.1 until the block ends.
+
+    Yields:
+        The server, once it answers; it is terminated (then killed) afterwards.
+    """
     port = _free_port()
-    tmp = tmp_path_factory.mktemp("serve")
     log = tmp / "serve.log"
-    command = [sys.executable, "-m", "cytostore", "serve", str(demo_store.root)]
+    command = [sys.executable, "-m", "cytostore", "serve", str(store.root)]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -177,7 +180,7 @@ def live_server(
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(process, url, log)
-        yield LiveServer(url=url, store=demo_store, process=process, log=log)
+        yield LiveServer(url=url, store=store, process=process, log=log)
     finally:
         process.terminate()
         try:
@@ -185,6 +188,23 @@ def live_server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    demo_store: DemoStore, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """``cytostore serve`` on :func:`demo_store`, shared by the session's tests."""
+    with serving(demo_store, tmp_path_factory.mktemp("serve")) as server:
+        yield server
+
+
+@pytest.fixture
+def private_server(demo_store: DemoStore, tmp_path: Path) -> Iterator[LiveServer]:
+    """``cytostore serve`` on a private copy of :func:`demo_store`, free to write."""
+    root = Path(shutil.copytree(demo_store.root, tmp_path / "store"))
+    with serving(dataclasses.replace(demo_store, root=root), tmp_path) as server:
+        yield server
 
 
 def chromium_path() -> str | None:

@@ -192,36 +192,48 @@ def test_tags__two_cells_tagged_in_the_grid_are_found_with_sql(
     assert [int(c) for c in cells] == picked
 
 
-def test_serve__cli_tag_and_sql_succeed_while_serving(
-    live_server: LiveServer,
-) -> None:
-    root = str(live_server.store.root)
-    before = live_server.get_json("/api/cells/7")
-    assert "cli-while-serving" not in (before.get("tags") or [])
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``cytostore ARGS`` in a separate process (no user settings)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CYTOSTORE_")}
-    env["CYTOSTORE_BUSY_TIMEOUT_S"] = "5"
-    tagged = subprocess.run(
-        [sys.executable, "-m", "cytostore", "tag", root, "--where", "cell_id = 7"]
-        + ["--add", "cli-while-serving", "--format", "json"],
+    env.update(CYTOSTORE_BUSY_TIMEOUT_S="5", OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "cytostore", *args],
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=300,
     )
+
+
+def test_serve__embed_probe_tag_and_sql_succeed_while_serving(
+    private_server: LiveServer,
+) -> None:
+    from cytostore.embedder import register_random_model
+
+    server = private_server
+    root = str(server.store.root)
+    assert "cli-while-serving" not in server.get_json("/api/cells/7")["tags"]
+    register_random_model(
+        Store.open(root), "random-tiny-c", backbone="tiny", crop_px=32, seed=2
+    )
+    embedded = _cli("embed", root, "--model", "random-tiny-c", "--device", "cpu")
+    assert embedded.returncode == 0, embedded.stderr
+    assert server.get_json("/api/cells/1/neighbors?model=random-tiny-c&k=3")[
+        "neighbors"
+    ]
+    probed = _cli(
+        "probe", root, "--model", "random-tiny", "--label", "cell_type",
+        "--kind", "knn", "--min-count", "5", "--name", "while-serving",
+    )  # fmt: skip
+    assert probed.returncode == 0, probed.stderr
+    heads = {h["name"] for h in server.get_json("/api/heads")["heads"]}
+    assert "while-serving" in heads
+    tagged = _cli("tag", root, "--where", "cell_id = 7", "--add", "cli-while-serving")
     assert tagged.returncode == 0, tagged.stderr
-    query = subprocess.run(
-        [sys.executable, "-m", "cytostore", "sql", root]
-        + [
-            "SELECT cell_id FROM cell_meta "
-            "WHERE list_contains(tags, 'cli-while-serving')",
-            "--format",
-            "csv",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    query = _cli(
+        "sql", root, "--format", "csv",
+        "SELECT cell_id FROM cell_meta WHERE list_contains(tags, 'cli-while-serving')",
+    )  # fmt: skip
     assert query.returncode == 0, query.stderr
     assert query.stdout.split() == ["cell_id", "7"]
-    assert "cli-while-serving" in live_server.get_json("/api/cells/7")["tags"]
+    assert "cli-while-serving" in server.get_json("/api/cells/7")["tags"]
