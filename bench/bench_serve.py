@@ -13,6 +13,7 @@ terminated at the end, killed if it does not stop):
    1.5x the direct p95 + 20 ms, and no errors.
 2. **Server memory.** ``VmRSS`` of the server process (``/proc/<pid>/status``) after
    the warm-up and at the end of the run. Target: growth <= 10 %.
+   ``RssAnon`` (the heap) and ``VmHWM`` (the peak) are reported beside it.
 3. **A warm grid page.** 4 concurrent clients each load ``GET /cells?page=P`` (HTML)
    and then the page's 100 thumbnails, 6 at a time like a browser, for half of
    ``--seconds``, after one untimed load of each page. A read-only server caches no
@@ -453,7 +454,9 @@ def measure(
             # Warm-up: the set loaded in the server, the grid pages loaded once.
             _closed_loop(CLIENTS, 2.0, _api(port, n, seed + 1))
             _warm_pages(port)
+            res["hwm_warm"] = _proc_status(pid, "VmHWM")
             res["rss_start"] = _proc_status(pid, "VmRSS")
+            res["anon_start"] = _proc_status(pid, "RssAnon")
             cpu0 = _cpu_s(pid)
             direct: tuple[list[float], int] = ([], 0)
             api: tuple[list[float], int] = ([], 0)
@@ -471,6 +474,7 @@ def measure(
             counts: list[int] = []
             grid_ro = _closed_loop(GRID_CLIENTS, grid_s, _grid(port, seed, counts))
             res["rss_end"] = _proc_status(pid, "VmRSS")
+            res["anon_end"] = _proc_status(pid, "RssAnon")
             res["rss_hwm"] = _proc_status(pid, "VmHWM")
             res["mismatch"] = _check(store, port, n, seed)
         with serve(root, Path(tmp) / "log-rw", read_only=False) as (_, port):
@@ -494,6 +498,7 @@ def markdown(res: dict[str, Any]) -> str:
     b = res["breakdown"]
     api_target = 1.5 * d["p95"] + 0.020
     growth = (res["rss_end"] - res["rss_start"]) / res["rss_start"]
+    anon = (res["anon_end"] - res["anon_start"]) / res["anon_start"]
     growth_api = (res["rss_mid"] - res["rss_start"]) / res["rss_start"]
     errors = a["errors"] + g["errors"] + g_ro["errors"] + d["errors"]
     met = {
@@ -565,8 +570,12 @@ def markdown(res: dict[str, Any]) -> str:
         f"MiB when up, {res['rss_start'] / mib:.0f} MiB after the warm-up, "
         f"{res['rss_mid'] / mib:.0f} MiB after the neighbours load "
         f"({growth_api:+.1%}), {res['rss_end'] / mib:.0f} MiB after the grid load "
-        f"(peak {res['rss_hwm'] / mib:.0f} MiB): growth {growth:+.1%} over the run "
-        f"(target ≤ {TARGET_MEM:.0%}: {yn[met['mem']]}). Server CPU: {cpu_ms:.1f} ms "
+        f"(peak {res['rss_hwm'] / mib:.0f} MiB, {res['hwm_warm'] / mib:.0f} MiB "
+        f"of it reached by the end of the warm-up): growth {growth:+.1%} over the run "
+        f"(target ≤ {TARGET_MEM:.0%}: {yn[met['mem']]}); of which anonymous memory "
+        f"(`RssAnon`, the heap) {res['anon_start'] / mib:.0f} → "
+        f"{res['anon_end'] / mib:.0f} MiB ({anon:+.1%}), the rest pages of the "
+        f"store's memory-mapped files. Server CPU: {cpu_ms:.1f} ms "
         f"per neighbours request (user + system, all threads); API p95 / direct p95 "
         f"= {a['p95'] / d['p95']:.2f}×; errors in all loads: {errors}.",
         "",
