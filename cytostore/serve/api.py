@@ -7,11 +7,13 @@ with the status of :func:`cytostore.serve.app.status_of`.
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
@@ -246,12 +248,8 @@ def figure(request: Request) -> Response:
     path = views.store_file(
         _store(request), f"{kind}/{request.path_params['name']}/{file}"
     )
-    from PIL import Image
-
-    with Image.open(path) as img:
+    with Image.open(path) as img:  # decoded and re-encoded, like the cells
         img.load()
-        import io
-
         buf = io.BytesIO()
         img.save(buf, format="PNG")
     return _png(buf.getvalue(), cache=False)

@@ -522,3 +522,15 @@ def test_serve_command__off_loopback_prints_a_token_url_and_a_warning(
         proc.wait(timeout=60)
     assert "(read-only) at http://0.0.0.0:0/?token=" in first
     assert second.startswith("warning: bound to 0.0.0.0") and "token" in second
+
+
+def test_api_figures__confusion_png_reencoded_and_missing_curves_404(
+    client: TestClient,
+    demo_store,  # noqa: ANN001
+) -> None:
+    r = client.get(f"/api/heads/{demo_store.probe_head}/confusion.png")
+    assert r.status_code == 200 and min(_png_size(r.content)) > 10
+    head = Store.open(demo_store.root).root / "heads" / demo_store.probe_head
+    assert _png_size(r.content) == _png_size((head / "confusion.png").read_bytes())
+    assert client.get("/api/models/random-tiny/curves.png").status_code == 404
+    assert client.get("/api/heads/nope/confusion.png").status_code == 404
