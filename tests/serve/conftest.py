@@ -190,11 +190,11 @@ def serving(store: DemoStore, tmp: Path) -> Iterator[LiveServer]:
             process.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def live_server(
     demo_store: DemoStore, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    """``cytostore serve`` on :func:`demo_store`, shared by the session's tests."""
+    """``cytostore serve`` on :func:`demo_store`, shared by a module's tests."""
     with serving(demo_store, tmp_path_factory.mktemp("serve")) as server:
         yield server
 
@@ -213,9 +213,9 @@ def chromium_path() -> str | None:
     return found if Path(found).is_file() else None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the session; skips when chromium is absent."""
+    """One headless Chromium for a test module; skips when chromium is absent."""
     executable = chromium_path()
     if executable is None:
         pytest.skip(
