@@ -425,6 +425,7 @@ class SearcherCache:
     def __init__(self, max_sets: int = _CACHED_SETS) -> None:
         self.max_sets = max_sets
         self._lock = threading.Lock()
+        self._loading: dict[int, threading.Lock] = {}
         self._sets: OrderedDict[int, _Entry] = OrderedDict()
         self._names: dict[str | None, tuple[int, tuple[_Stamp, _Stamp]]] = {}
         # (set key, where) -> (the catalog stamp it was evaluated at, the full
@@ -468,23 +469,29 @@ class SearcherCache:
             es = get_set(store, model)
             chosen = store.where_ids(where) if where else None
         files = _file_stamp(store, es)
-        with self._lock:
-            old = self._sets.get(es.set_id)
-        if old is not None and old.searcher.es == es and old.files == files:
-            searcher = old.searcher
-        else:
-            searcher = Searcher.of_set(store, es)
         quiet = all(s is None or s[2] < checked_ns - _RACY_NS for s in catalog)
-        with self._lock:
-            self._sets[es.set_id] = _Entry(searcher, files, catalog if quiet else None)
-            self._sets.move_to_end(es.set_id)
-            while len(self._sets) > self.max_sets:
-                self._sets.popitem(last=False)
-            self._names = {k: v for k, v in self._names.items() if v[0] in self._sets}
-            if quiet:
-                self._names[key] = (es.set_id, catalog)
+        # One thread loads a set; others asking for it meanwhile wait and reuse it
+        # (16 first searches at once used to load 16 copies of its index).
+        with self._loading_lock(es.set_id):
+            with self._lock:
+                old = self._sets.get(es.set_id)
+            if old is not None and old.searcher.es == es and old.files == files:
+                searcher = old.searcher
             else:
-                self._names.pop(key, None)
+                searcher = Searcher.of_set(store, es)
+            with self._lock:
+                entry = _Entry(searcher, files, catalog if quiet else None)
+                self._sets[es.set_id] = entry
+                self._sets.move_to_end(es.set_id)
+                while len(self._sets) > self.max_sets:
+                    self._sets.popitem(last=False)
+                self._names = {
+                    k: v for k, v in self._names.items() if v[0] in self._sets
+                }
+                if quiet:
+                    self._names[key] = (es.set_id, catalog)
+                else:
+                    self._names.pop(key, None)
         if chosen is None:
             return searcher
         restricted = searcher.restricted(chosen, where or "")
@@ -494,6 +501,11 @@ class SearcherCache:
                 while len(self._filtered) > _CACHED_FILTERS:
                     self._filtered.popitem(last=False)
         return restricted
+
+    def _loading_lock(self, set_id: int) -> threading.Lock:
+        """The lock held while set ``set_id`` is loaded (one per set)."""
+        with self._lock:
+            return self._loading.setdefault(set_id, threading.Lock())
 
     def _lookup(
         self, store: Store, key: str | None, catalog: tuple[_Stamp, _Stamp]

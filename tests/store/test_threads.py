@@ -173,3 +173,25 @@ def test_build_index__two_threads_at_once_both_succeed(
     ]
     dist, ids = vec_store.search(7, k=3)
     assert ids.shape == (1, 3) and (ids > 0).all()
+
+
+def test_searcher_cache__concurrent_first_searches_load_the_set_once(
+    vec_store: Store,
+) -> None:
+    """8 threads searching a set nobody loaded yet share one loaded copy."""
+    from cytostore.store.search import SearcherCache
+
+    cache = SearcherCache()
+    barrier = threading.Barrier(8)
+    got: list[Any] = []
+
+    def first_search() -> None:
+        barrier.wait()
+        got.append(cache.get(vec_store, "m"))
+
+    threads = [threading.Thread(target=first_search) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 8 and len({id(s) for s in got}) == 1
