@@ -30,12 +30,13 @@ MAX_THUMBNAILS = 50_000
 
 
 def _cell_path(store: Store, cell_id: int) -> Path:
-    if not store.cell_meta([int(cell_id)], ["cell_id"]).rows:
-        raise UnknownCellError(
-            f"no cell {cell_id} in the store: list ids with 'cytostore sql STORE "
-            '"SELECT cell_id FROM cells"\''
-        )
-    return store.cell_paths([int(cell_id)])[0]
+    with store.connect(read_only=True):  # one catalog visit for the three reads
+        if not store.cell_meta([int(cell_id)], ["cell_id"]).rows:
+            raise UnknownCellError(
+                f"no cell {cell_id} in the store: list ids with 'cytostore sql STORE "
+                '"SELECT cell_id FROM cells"\''
+            )
+        return store.cell_paths([int(cell_id)])[0]
 
 
 def _png(img: Image.Image) -> bytes:

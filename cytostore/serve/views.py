@@ -153,11 +153,12 @@ def neighbors(
     """
     from cytostore.embedder import search
 
-    _check_cell(store, cell_id)
     n = _int(k, "k", 1, MAX_K, 10)
-    result = search(
-        store, cell=int(cell_id), model=model or None, k=n, where=where or None
-    )
+    with store.connect(read_only=True):  # one catalog visit for the whole answer
+        _check_cell(store, cell_id)
+        result = search(
+            store, cell=int(cell_id), model=model or None, k=n, where=where or None
+        )
     return jsonable(
         {
             "model": result.embedding_set.model,
