@@ -9,7 +9,7 @@ and ``cytostore tag`` all write through :func:`add_tags` and :func:`remove_tags`
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -55,18 +55,20 @@ def _selection(
         raise InvalidArgumentError(
             "say which cells to tag: a --where filter (e.g. \"label = 'BLA'\") or ids"
         )
-    chosen = store.where_ids(where, empty_ok=True)
     if ids is None:
-        return chosen
+        return store.where_ids(where, empty_ok=True)
     arr = np.unique(np.asarray(ids, dtype=np.int64))
-    known = chosen if where is None else store.where_ids(None, empty_ok=True)
-    unknown = arr[~np.isin(arr, known)]
+    # Look up just these ids (the web page tags a handful of cells at a time).
+    found = np.asarray(store.cell_meta(arr, ["cell_id"]).column("cell_id"), np.int64)
+    unknown = arr[~np.isin(arr, found)]
     if unknown.size:
         raise InvalidArgumentError(
             f"unknown cell ids {unknown[:5].tolist()}: list ids with "
             "'cytostore sql STORE \"SELECT cell_id FROM cells\"'"
         )
-    return np.intersect1d(chosen, arr)
+    if where is None:
+        return arr
+    return np.intersect1d(store.where_ids(where, empty_ok=True), arr)
 
 
 def tag(
@@ -112,33 +114,32 @@ def tag(
     with store.transaction() as con:
         con.register("_chosen_cells", cells)
         try:
-            report["added"] = _count_change(
-                con,
-                lambda: con.execute(
+            # DuckDB answers an INSERT or DELETE with the number of rows it changed
+            # (rows skipped by ON CONFLICT DO NOTHING are not counted).
+            report["added"] = _changed(
+                con.execute(
                     "INSERT INTO tags (cell_id, tag, created_at) "
                     "SELECT c.cell_id, t.tag, now() FROM _chosen_cells c "
                     "CROSS JOIN (SELECT unnest(?::VARCHAR[]) AS tag) t "
                     "ON CONFLICT DO NOTHING",
                     [to_add],
-                ),
+                )
             )
-            report["removed"] = -_count_change(
-                con,
-                lambda: con.execute(
+            report["removed"] = _changed(
+                con.execute(
                     "DELETE FROM tags WHERE tag IN (SELECT unnest(?::VARCHAR[])) "
                     "AND cell_id IN (SELECT cell_id FROM _chosen_cells)",
                     [to_remove],
-                ),
+                )
             )
         finally:
             con.unregister("_chosen_cells")
     return report
 
 
-def _count_change(con: duckdb.DuckDBPyConnection, run: Callable[[], object]) -> int:
-    before = int(con.execute("SELECT count(*) FROM tags").fetchall()[0][0])
-    run()
-    return int(con.execute("SELECT count(*) FROM tags").fetchall()[0][0]) - before
+def _changed(cur: duckdb.DuckDBPyConnection) -> int:
+    row = cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 def add_tags(
