@@ -408,15 +408,14 @@ class Store(Catalog):
         images: bool = False,
         repair: bool = False,
         *,
-        grace_s: float | None = None,
+        grace_s: float = _gc.GC_GRACE_S,
     ) -> _verify.VerifyReport:
         """Check catalog and files agree; see :func:`cytostore.store.verify.verify`.
 
         Returns:
             The problems found (and those repaired), each with its fix.
         """
-        kwargs = {} if grace_s is None else {"grace_s": grace_s}
-        return _verify.verify(self, images=images, repair=repair, **kwargs)
+        return _verify.verify(self, images=images, repair=repair, grace_s=grace_s)
 
     def ls(self, what: str | None = None) -> dict[str, list[dict[str, Any]]]:
         """List models, sets, heads and tables; see :func:`cytostore.store.ls`.
@@ -432,15 +431,14 @@ class Store(Catalog):
         cache: bool = False,
         *,
         all_caches: bool = False,
-        grace_s: float | None = None,
+        grace_s: float = _gc.GC_GRACE_S,
     ) -> _gc.GcReport:
         """Remove orphaned and temporary files; see :func:`cytostore.store.gc`.
 
         Returns:
             What was (or, with ``dry_run``, would be) removed and kept.
         """
-        kwargs = {} if grace_s is None else {"grace_s": grace_s}
-        return _gc.gc(self, dry_run, cache, all_caches=all_caches, **kwargs)
+        return _gc.gc(self, dry_run, cache, all_caches=all_caches, grace_s=grace_s)
 
     def relocate(
         self,
