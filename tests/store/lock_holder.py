@@ -1,4 +1,4 @@
-"""A child process holding a catalog's DuckDB write lock until told to let go."""
+"""A child process holding a catalog's DuckDB lock (write or read) until let go."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 _CHILD = """
 import sys
 import duckdb
-con = duckdb.connect(sys.argv[1])
+con = duckdb.connect(sys.argv[1], read_only=sys.argv[2] == "read")
 print("locked", flush=True)
 sys.stdin.read()  # until the parent closes our stdin
 con.close()
@@ -20,14 +20,17 @@ print("released", flush=True)
 
 
 @contextmanager
-def catalog_locked(catalog: Path) -> Iterator[None]:
-    """Hold ``catalog`` open for writing in another process for the block.
+def catalog_locked(catalog: Path, mode: str = "write") -> Iterator[None]:
+    """Hold ``catalog`` open in another process for the block.
+
+    ``mode`` is ``write`` (a writer: nobody else may open it) or ``read`` (a
+    reader: others may read, nobody may write).
 
     The child says ``locked`` on its stdout once DuckDB holds the file lock, and
     releases it when its stdin is closed: no sleeps, no timing.
     """
     proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(catalog)],
+        [sys.executable, "-c", _CHILD, str(catalog), mode],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -160,6 +160,27 @@ def test_connect__reader_reports_busy_while_a_writer_holds_the_catalog(
     assert impatient.sql("SELECT 42").rows == [(42,)]  # released: works again
 
 
+@pytest.mark.parametrize(
+    ("holder", "want", "message"),
+    [
+        ("write", "read", "another process is writing to it"),
+        ("write", "write", "another process is writing to it"),
+        ("read", "write", "another process is reading"),
+    ],
+)
+def test_connect__busy_error_says_whether_a_reader_or_a_writer_holds_it(
+    tmp_path: Path, holder: str, want: str, message: str
+) -> None:
+    store = Store.create(tmp_path / "s")
+    impatient = Store(store.root, busy_timeout_s=0.3)
+    with catalog_locked(store.catalog_path, holder):
+        with pytest.raises(StoreBusyError, match=message):
+            if want == "read":
+                impatient.sql("SELECT 1")
+            else:
+                impatient.upsert_dataset("d", "folder", tmp_path, None)
+
+
 def test_connect__patient_reader_gets_through_once_the_writer_lets_go(
     tmp_path: Path,
 ) -> None:
