@@ -173,6 +173,45 @@ ALTER TABLE predictions ADD COLUMN train_similarity DOUBLE;
 ALTER TABLE predictions ADD COLUMN out_of_distribution BOOLEAN;
 """
 
+_M036_CURATION = """
+CREATE TABLE curation_runs (
+    kind        VARCHAR NOT NULL,
+    run         VARCHAR NOT NULL,
+    model       VARCHAR,
+    params      VARCHAR,
+    created_at  TIMESTAMP,
+    PRIMARY KEY (kind, run)
+);
+CREATE TABLE label_issues (
+    run                 VARCHAR NOT NULL,
+    model               VARCHAR NOT NULL,
+    label_column        VARCHAR NOT NULL,
+    cell_id             BIGINT NOT NULL,
+    given_label         VARCHAR,
+    suggested_label     VARCHAR,
+    score               DOUBLE,
+    rank                INTEGER,
+    neighbor_agreement  DOUBLE,
+    is_issue            BOOLEAN,
+    PRIMARY KEY (run, cell_id)
+);
+CREATE TABLE selections (
+    run       VARCHAR NOT NULL,
+    cell_id   BIGINT NOT NULL,
+    rank      INTEGER NOT NULL,
+    strategy  VARCHAR NOT NULL,
+    score     DOUBLE,
+    PRIMARY KEY (run, cell_id)
+);
+CREATE TABLE maps (
+    run      VARCHAR NOT NULL,
+    cell_id  BIGINT NOT NULL,
+    x        REAL,
+    y        REAL,
+    PRIMARY KEY (run, cell_id)
+);
+"""
+
 MIGRATIONS: list[Migration] = [
     (1, "m001_catalog", _M001_CATALOG),
     (2, "m002_models_heads_predictions", _M002_LATER_FLOORS),
@@ -184,4 +223,5 @@ MIGRATIONS: list[Migration] = [
     (33, "m033_tags", _M033_TAGS),
     (34, "m034_cell_id_high_water", _M034_ID_HIGH_WATER),
     (35, "m035_prediction_provenance", _M035_PREDICTION_PROVENANCE),
+    (36, "m036_curation", _M036_CURATION),
 ]

@@ -29,6 +29,7 @@ from cytostore.errors import (
     NotInStoreError,
     UnknownEmbeddingSetError,
 )
+from cytostore.store.curation import CURATION_TABLES
 from cytostore.store.paths import resolve_inside
 from cytostore.store.trash import (
     commit_with_trash,
@@ -121,6 +122,7 @@ class _Targets:
     sets: list[EmbeddingSet] = dataclasses.field(default_factory=list)
     heads: list[str] = dataclasses.field(default_factory=list)
     tables: list[str] = dataclasses.field(default_factory=list)
+    runs: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 def _remove_artefact(
@@ -180,6 +182,13 @@ def _resolve(store: Store, kind: str, name: str) -> tuple[_Targets, list[str]]:
                 where=str(store.root),
             )
         t.models = [name] if name in known else []
+        t.runs = [
+            (k, r)
+            for k, r in store.sql(
+                "SELECT kind, run FROM curation_runs WHERE model = ? ORDER BY 1, 2",
+                [name],
+            ).rows
+        ]
     else:
         try:
             t.sets = [get_set(store, name)]
@@ -206,6 +215,8 @@ def _resolve(store: Store, kind: str, name: str) -> tuple[_Targets, list[str]]:
         dependents.append("heads " + ", ".join(t.heads))
     if t.tables:
         dependents.append("neighbour tables " + ", ".join(t.tables))
+    if t.runs:
+        dependents.append("curation runs " + ", ".join(f"{k} {r}" for k, r in t.runs))
     return t, dependents
 
 
@@ -239,6 +250,17 @@ def _artefact_deletes(t: _Targets) -> list[tuple[str, str, list[Any]]]:
             out.append((table, f"{col} IN (SELECT unnest(?))", [t.heads]))
     if t.tables:
         out.append(("neighbor_tables", "name IN (SELECT unnest(?))", [t.tables]))
+    for kind, table in CURATION_TABLES.items():
+        runs = [r for k, r in t.runs if k == kind]
+        if runs:
+            out.append((table, "run IN (SELECT unnest(?::VARCHAR[]))", [runs]))
+            out.append(
+                (
+                    "curation_runs",
+                    "kind = ? AND run IN (SELECT unnest(?::VARCHAR[]))",
+                    [kind, runs],
+                )
+            )
     if t.sets:
         sids = [s.set_id for s in t.sets]
         out.append(("embedding_sets", "set_id IN (SELECT unnest(?))", [sids]))
@@ -248,16 +270,19 @@ def _artefact_deletes(t: _Targets) -> list[tuple[str, str, list[Any]]]:
 
 
 def _report(kind: str, name: str, dry_run: bool, t: _Targets) -> dict[str, Any]:
+    removed: dict[str, list[str]] = {
+        "models": t.models,
+        "sets": [s.name for s in t.sets],
+        "heads": t.heads,
+        "neighbor_tables": t.tables,
+    }
+    if t.runs:  # curation runs (kind and name), only when there are some
+        removed["curation_runs"] = [f"{k} {r}" for k, r in t.runs]
     return {
         "kind": kind,
         "name": name,
         "dry_run": dry_run,
-        "removed": {
-            "models": t.models,
-            "sets": [s.name for s in t.sets],
-            "heads": t.heads,
-            "neighbor_tables": t.tables,
-        },
+        "removed": removed,
         "rows": {},
         "files": [],
         "bytes": 0,
