@@ -5,6 +5,11 @@ classification layer of the torchvision models is replaced by ``nn.Identity`` so
 output is the pooled feature. Weights are never downloaded: a backbone starts from a
 seeded random init, or from a torchvision-format state dict a lab brings offline
 (``init=PATH``).
+
+Besides the house backbones of :data:`BACKBONES`, every architecture
+:mod:`cytostore.embedder.foundation` imports (``dinobloom-s``, ``dinov2-vitb14``,
+``timm:<model>``, ``torchvision:<model>``) builds here too, so that a model imported
+from a DinoBloom or DINOv2 file loads, embeds and trains like any other.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ from torch import nn
 
 from cytostore.errors import InvalidArgumentError, WeightsMismatchError
 
-__all__ = ["BACKBONES", "build_backbone", "load_init_weights", "TinyCNN"]
+__all__ = [
+    "BACKBONES",
+    "build_backbone",
+    "fit_vit_pos_embedding",
+    "is_known_backbone",
+    "load_init_weights",
+    "TinyCNN",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +120,13 @@ BACKBONES: dict[str, Callable[[int], tuple[nn.Module, int]]] = {
 }
 
 
+def is_known_backbone(name: str) -> bool:
+    """Return whether ``name`` is a house backbone or an importable architecture."""
+    from cytostore.embedder.foundation import is_foundation_arch
+
+    return name in BACKBONES or is_foundation_arch(name)
+
+
 def build_backbone(
     name: str,
     init: str | os.PathLike[str] | Mapping[str, torch.Tensor] | None = None,
@@ -119,10 +138,15 @@ def build_backbone(
 
     Args:
         name: One of :data:`BACKBONES` (``tiny``, ``resnet18``, ``resnet34``,
-            ``resnet50``, ``vit_s16``).
+            ``resnet50``, ``vit_s16``), or an importable architecture
+            (``dinobloom-s``, ``dinov2-vitb14``, ``timm:<model>``,
+            ``torchvision:<model>``; see :mod:`cytostore.embedder.foundation`).
         init: A torchvision-format state dict for this backbone (a path to a ``.pt``
             file, or the dict itself); keys of the classification layer (``fc.*``,
             ``heads.*``) are ignored, every other key must match. ``None``: random.
+            For an importable architecture, a path is read and mapped like
+            ``cytostore import-model`` does (a DinoBloom or DINOv2 file as
+            published).
         crop_px: Input size in pixels (the ViT's positional embedding depends on it).
         seed: Seed of the random init; ``None`` uses torch's current RNG state.
 
@@ -138,9 +162,20 @@ def build_backbone(
         >>> model(torch.zeros(2, 3, 96, 96)).shape, dim
         (torch.Size([2, 128]), 128)
     """
+    from cytostore.embedder import foundation
+
+    if foundation.is_foundation_arch(name):
+        model, dim = foundation.build_arch(name, input_px=crop_px, seed=seed)
+        if isinstance(init, Mapping):
+            load_init_weights(model, init, name=name)
+        elif init is not None:
+            foundation.load_foundation_weights(model, name, init)
+        return model.eval(), dim
     if name not in BACKBONES:
         raise InvalidArgumentError(
-            f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}"
+            f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}, or "
+            "an imported architecture (dinobloom-s, dinov2-vits14, timm:NAME, "
+            "torchvision:NAME)"
         )
     if crop_px < 16:
         raise InvalidArgumentError(f"crop_px={crop_px} is too small: use >= 16 pixels")
@@ -191,10 +226,14 @@ def _read_state_dict(
     }
 
 
-def _fit_vit_pos_embedding(
+def fit_vit_pos_embedding(
     model: nn.Module, state: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """Interpolate a ViT positional embedding trained at another image size."""
+    """Interpolate a torchvision ViT positional embedding trained at another size.
+
+    Returns:
+        ``state`` itself, or a copy whose ``encoder.pos_embedding`` fits ``model``.
+    """
     key = "encoder.pos_embedding"
     if key not in state or not hasattr(model, "image_size"):
         return state
@@ -238,7 +277,7 @@ def load_init_weights(
     """
     state = _read_state_dict(init)
     state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
-    state = _fit_vit_pos_embedding(model, state)
+    state = fit_vit_pos_embedding(model, state)
     own = model.state_dict()
     missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)

@@ -7,6 +7,10 @@ scale. The exact same steps run when cells are cached for training, when they ar
 embedded, and when a query image is searched for, and they are recorded in the model
 card (``prep_id`` names them).
 
+Models imported from outside (DinoBloom, DINOv2, timm) may instead ask for the
+original protocol of their authors: ``scale="resize"`` resizes each whole image to
+``crop_px`` whatever its µm/px (see ``docs/models.md``).
+
 Pixels stay uint8 up to here; the per-channel normalisation (``mean``, ``std``) is
 applied on the tensor side by :meth:`Preprocessing.to_tensor`.
 """
@@ -29,7 +33,13 @@ from cytostore.errors import InvalidArgumentError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Preprocessing", "DEFAULT_FOV_UM", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = [
+    "Preprocessing",
+    "DEFAULT_FOV_UM",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SCALES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +50,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Version of the resampling algorithm; part of ``prep_id`` so a change rebuilds caches.
 _ALGORITHM = "bicubic-box-v1"
+#: µm/px policies: ``physical`` (resample to ``um_per_px``, centred crop: ours) or
+#: ``resize`` (the whole image resized to ``crop_px``, as DinoBloom was trained).
+SCALES = ("physical", "resize")
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,9 @@ class Preprocessing:
         crop_px: Side of the square output in pixels (the backbone's input size).
         mean: Per-channel RGB mean subtracted by :meth:`to_tensor` (values in 0..1).
         std: Per-channel RGB standard deviation divided by :meth:`to_tensor`.
+        scale: ``physical`` (default): resample to ``um_per_px`` and crop;
+            ``resize``: resize every whole image to ``crop_px`` (``um_per_px`` is
+            then only nominal), the protocol of models trained that way.
 
     Examples:
         >>> prep = Preprocessing.for_input(128)
@@ -68,6 +84,7 @@ class Preprocessing:
     crop_px: int = 128
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    scale: str = "physical"
     _id: str = field(init=False, repr=False, compare=False, default="")
 
     def __post_init__(self) -> None:
@@ -86,6 +103,10 @@ class Preprocessing:
                 )
         if min(self.std) <= 0:
             raise InvalidArgumentError(f"std must be positive, got {self.std!r}")
+        if self.scale not in SCALES:
+            raise InvalidArgumentError(
+                f"scale must be one of {', '.join(SCALES)}, got {self.scale!r}"
+            )
         object.__setattr__(self, "crop_px", int(self.crop_px))
         object.__setattr__(self, "um_per_px", float(self.um_per_px))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
@@ -137,18 +158,25 @@ class Preprocessing:
             "std": [round(v, 6) for v in self.std],
             "um_per_px": round(self.um_per_px, 9),
         }
+        if self.scale != "physical":  # physical ids stay as they were before scale
+            doc["scale"] = self.scale
         text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the fields and ``prep_id`` as a JSON-ready dict."""
-        return {
+        """Return the fields and ``prep_id`` as a JSON-ready dict.
+
+        ``scale`` is written only when it is not ``physical`` (older records lack it).
+        """
+        doc: dict[str, Any] = {
             "um_per_px": self.um_per_px,
             "crop_px": self.crop_px,
             "mean": list(self.mean),
             "std": list(self.std),
-            "prep_id": self.prep_id,
         }
+        if self.scale != "physical":
+            doc["scale"] = self.scale
+        return doc | {"prep_id": self.prep_id}
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Preprocessing:
@@ -163,6 +191,7 @@ class Preprocessing:
                 crop_px=int(doc["crop_px"]),
                 mean=tuple(doc.get("mean", IMAGENET_MEAN)),
                 std=tuple(doc.get("std", IMAGENET_STD)),
+                scale=str(doc.get("scale", "physical")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgumentError(
@@ -187,8 +216,9 @@ class Preprocessing:
         The image is resampled (bicubic, antialiased when shrinking) by
         ``src_um_per_px / um_per_px`` around its centre; where the square reaches
         beyond the image it is padded with the median colour of the image border
-        (the smear background), never black. With ``src_um_per_px=None`` (unknown)
-        the whole image is padded to a square and resized to ``crop_px``.
+        (the smear background), never black. With ``src_um_per_px=None`` (unknown),
+        or with ``scale="resize"``, the whole image is padded to a square and
+        resized to ``crop_px``.
 
         Args:
             rgb: uint8 ``(H, W, 3)`` RGB (``(H, W)`` gray and ``(H, W, 4)`` RGBA are
@@ -218,7 +248,8 @@ class Preprocessing:
             pil = Image.fromarray(img)
             h, w = img.shape[:2]
         known = (
-            src_um_per_px is not None
+            self.scale == "physical"
+            and src_um_per_px is not None
             and math.isfinite(src_um_per_px)
             and src_um_per_px > 0
         )
