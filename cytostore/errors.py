@@ -243,3 +243,7 @@ class UploadTooLargeError(InvalidArgumentError):
 
 class WriteRefusedError(CytostoreError, PermissionError):
     """A write to a ``cytostore serve --read-only`` server (HTTP 403)."""
+
+
+class DistributedRunError(CytostoreError):
+    """Another process of a multi-process (DDP) run failed; the message names it."""

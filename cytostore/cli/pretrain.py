@@ -22,6 +22,24 @@ from cytostore.cli._common import (
 # checks they equal cytostore.embedder.pretrain.PRETRAIN_METHODS and BACKBONES.
 METHOD_CHOICES = ("simclr", "byol", "dino", "vicreg", "barlowtwins", "moco", "none")
 BACKBONE_CHOICES = ("tiny", "resnet18", "resnet34", "resnet50", "vit_s16")
+#: Architectures of `cytostore import-model`, trained from their files with --init
+#: (a test checks them against cytostore.embedder.foundation.ARCH_NAMES).
+IMPORTED_ARCHS = tuple(f"dinobloom-{s}" for s in "sblg") + tuple(
+    f"dinov2-vit{s}14" for s in "sblg"
+)
+
+
+class _Backbone(click.Choice):  # type: ignore[type-arg]
+    """A house backbone, or an importable architecture (dinobloom-s, timm:NAME)."""
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> object:
+        if isinstance(value, str) and (
+            value in IMPORTED_ARCHS or value.startswith(("timm:", "torchvision:"))
+        ):
+            return value
+        return super().convert(value, param, ctx)
 
 
 @click.command("pretrain")
@@ -36,10 +54,12 @@ BACKBONE_CHOICES = ("tiny", "resnet18", "resnet34", "resnet50", "vit_s16")
 )
 @click.option(
     "--backbone",
-    type=click.Choice(BACKBONE_CHOICES),
+    type=_Backbone(BACKBONE_CHOICES),
     default=None,
-    help="Backbone (tiny: a 4-layer CNN) [default: the recipe's: tiny on CPU, "
-    "resnet50 on GPU].",
+    help="Backbone (tiny: a 4-layer CNN), or an imported architecture "
+    "(dinobloom-s|b|l|g, dinov2-vits14|vitb14|vitl14|vitg14, timm:NAME, "
+    "torchvision:NAME: the ViT recipe, dino at its native size) [default: the "
+    "recipe's: tiny on CPU, resnet50 on GPU].",
 )
 @click.option(
     "--epochs",
@@ -92,7 +112,9 @@ BACKBONE_CHOICES = ("tiny", "resnet18", "resnet34", "resnet50", "vit_s16")
     "--init",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Start from local torchvision-format weights (WEIGHTS.pt).",
+    help="Start from local weights: a torchvision-format state dict (WEIGHTS.pt), "
+    "or, with --backbone dinobloom-s etc., the file import-model takes "
+    "(DinoBloom-S.pth, dinov2_vits14_pretrain.pth, .safetensors).",
 )
 @device_option
 @click.option(
@@ -173,6 +195,7 @@ def pretrain(
             --method none
     """
     from cytostore.embedder.pretrain import pretrain as run_pretrain
+    from cytostore.embedder.train import global_rank
 
     with progress_bar("pretrain", unit="") as progress:
         card = run_pretrain(
@@ -200,6 +223,8 @@ def pretrain(
             monitor_cells=monitor_cells,
             progress=progress,
         )
+    if global_rank() != 0:
+        return  # under DDP, rank 0 reports; the others registered nothing
     doc = card.to_dict()
     shown = {
         k: doc[k]

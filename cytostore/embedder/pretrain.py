@@ -7,6 +7,10 @@ augmentations), and registers the backbone with its model card and loss/kNN curv
 (``STORE/models/NAME/``). Options left unset come from the recipe for the device
 (:mod:`cytostore.embedder.recipes`, ``docs/recipes.md``): the 15-minute CPU recipe
 without a CUDA GPU, the GPU recipe with one.
+
+Under DDP (``devices``/``num_nodes`` > 1; see ``docs/scale.md``) every process runs
+this function; only global rank 0 writes the weights, card, curves and catalog row,
+and the other processes wait for it and return the card it registered.
 """
 
 from __future__ import annotations
@@ -25,12 +29,17 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from cytostore._json import jsonable
 from cytostore.embedder.augment import AugmentConfig
-from cytostore.embedder.backbones import BACKBONES, build_backbone
+from cytostore.embedder.backbones import BACKBONES, build_backbone, is_known_backbone
 from cytostore.embedder.cache import build_cache
 from cytostore.embedder.card import ModelCard
 from cytostore.embedder.device import resolve_device, tune_allocator
-from cytostore.embedder.preprocess import DEFAULT_FOV_UM, Preprocessing
+from cytostore.embedder.foundation import (
+    pretrain_preprocessing,
+    vit_recipe_defaults,
+)
+from cytostore.embedder.preprocess import DEFAULT_FOV_UM
 from cytostore.embedder.recipes import CPU_RECIPE, fill_recipe, recipe_for
 from cytostore.embedder.registry import (
     model_dir,
@@ -164,7 +173,9 @@ def pretrain(
 
     Returns:
         The registered model's card (method, backbone, preprocessing, data, epochs,
-        wall_s, final_loss, knn_monitor, versions, sha256, ...).
+        wall_s, final_loss, knn_monitor, versions, sha256, ...; ``extra`` holds
+        ``world_size`` and ``cells_per_epoch``, summed over processes). Under DDP
+        every process returns the card that global rank 0 registered.
 
     Raises:
         InvalidArgumentError: If an argument is invalid (unknown method, backbone
@@ -173,13 +184,23 @@ def pretrain(
         EmptySelectionError: If ``where`` selects no cells, or fewer than 2 readable.
         ConfigMismatchError: If ``resume`` meets a run of another configuration.
         TrainingDivergedError: If the loss becomes NaN (last checkpoint kept).
+        DistributedRunError: Under DDP, if another process failed (its error is
+            quoted).
     """
     from cytostore.embedder.methods import build_method
     from cytostore.embedder.monitor import TrainingHistory, write_curves
-    from cytostore.embedder.train import TrainConfig, train_ssl, unwrap_backbone
+    from cytostore.embedder.train import (
+        TrainConfig,
+        launch_rank,
+        on_global_zero,
+        train_ssl,
+        unwrap_backbone,
+    )
 
     started = time.monotonic()
     recipe = recipe_for(resolve_device(device))
+    if backbone is not None:  # DinoBloom/DINOv2/timm archs: the ViT recipe
+        method, crop_px = vit_recipe_defaults(backbone, method, crop_px)
     settings = fill_recipe(
         recipe,
         method=method,
@@ -202,8 +223,11 @@ def pretrain(
             f"a model named {name!r} exists: choose another --name, continue its "
             "run with --resume, or replace it with --overwrite"
         )
-    prep = Preprocessing.for_input(crop_px, fov_um)
-    if overwrite and not resume:
+    prep = pretrain_preprocessing(backbone, crop_px, fov_um)
+    rank = launch_rank(devices or 1)
+    if rank != 0:
+        progress = None  # one progress bar: rank 0's
+    if overwrite and not resume and rank == 0:
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     if method == "none":
         return register_random_model(
@@ -301,39 +325,40 @@ def pretrain(
         progress=progress,
         progress_bar=progress_bar,
     )
-    write_curves(
-        result.epochs, folder / CURVES_FILE, title=f"{name}: {method}/{backbone}"
-    )
-    fault_point("pretrain.before_register")  # trained and checkpointed only
     data = dict(sorted(Counter(datasets[train_mask].tolist()).items()))
     knn_hist = [e["knn"] for e in result.epochs]
-    card = register_model(
-        store,
-        name,
-        unwrap_backbone(ssl),
-        {
-            "method": method,
-            "backbone": backbone,
-            "dim": dim,
-            "preprocessing": prep,
-            "data": data,
-            "epochs": len(result.epochs),
-            "wall_s": round(result.wall_s, 2),
-            "final_loss": None if math.isnan(result.final_loss) else result.final_loss,
-            "knn_monitor": _knn_card(history, knn_hist, label_column, len(monitor_idx)),
-            "seed": seed,
-            "init": str(init) if init is not None else None,
-            "config": run_config,
-            "steps": result.steps,
-            "stopped_by": result.stopped_by,
-            "loss_history": [round(e["loss"], 5) for e in result.epochs],
-            "skipped_cells": int(len(ids) - len(present)),
-            "curves": f"models/{name}/{CURVES_FILE}",
-            "recipe": settings.to_dict(),
-        },
-        overwrite=True,
-    )
-    return card
+    fields = {
+        "method": method,
+        "backbone": backbone,
+        "dim": dim,
+        "preprocessing": prep,
+        "data": data,
+        "epochs": len(result.epochs),
+        "wall_s": round(result.wall_s, 2),
+        "final_loss": None if math.isnan(result.final_loss) else result.final_loss,
+        "knn_monitor": _knn_card(history, knn_hist, label_column, len(monitor_idx)),
+        "seed": seed,
+        "init": str(init) if init is not None else None,
+        "config": run_config,
+        "steps": result.steps,
+        "stopped_by": result.stopped_by,
+        "loss_history": [round(e["loss"], 5) for e in result.epochs],
+        "skipped_cells": int(len(ids) - len(present)),
+        "curves": f"models/{name}/{CURVES_FILE}",
+        "recipe": settings.to_dict(),
+        "world_size": result.world_size,
+        "cells_per_epoch": result.cells_per_epoch,
+    }
+
+    def register() -> dict[str, Any]:  # on global rank 0 only
+        write_curves(
+            result.epochs, folder / CURVES_FILE, title=f"{name}: {method}/{backbone}"
+        )
+        fault_point("pretrain.before_register")  # trained and checkpointed only
+        card = register_model(store, name, unwrap_backbone(ssl), fields, overwrite=True)
+        return dict(jsonable(card.to_dict()))
+
+    return ModelCard.from_dict(on_global_zero(register))
 
 
 def _validate(
@@ -348,9 +373,10 @@ def _validate(
         raise InvalidArgumentError(
             f"unknown method {method!r}: choose one of {', '.join(PRETRAIN_METHODS)}"
         )
-    if backbone not in BACKBONES:
+    if not is_known_backbone(backbone):
         raise InvalidArgumentError(
-            f"unknown backbone {backbone!r}: choose one of {', '.join(BACKBONES)}"
+            f"unknown backbone {backbone!r}: choose one of {', '.join(BACKBONES)}, "
+            "dinobloom-s|b|l|g, dinov2-vits14|..., timm:NAME or torchvision:NAME"
         )
     if balance not in BALANCES:
         raise InvalidArgumentError(

@@ -5,8 +5,15 @@ a 200k-cell dataset does not drown a 3k-cell one: rows are drawn with replacemen
 with weight ``1 / (n_domains * n_cells_in_its_domain)``. With ``balance="none"``
 each epoch is a random permutation of all rows (each row once).
 
-Under DDP each process takes every ``world_size``-th batch of the same seeded draw,
-so the processes see disjoint batches without Lightning's sampler wrapper.
+An epoch is always ``n`` draws (``n`` = rows selected for training), however many
+processes share it: the draw is cut into ``steps * world_size`` batches of nearly
+equal size (at most ``batch_size``, sizes differing by at most one), and under DDP
+each process takes every ``world_size``-th batch of the same seeded draw. So the
+processes see disjoint batches, each takes the same number of steps (DDP needs
+that), nothing is dropped or padded, and with ``balance="none"`` every row is seen
+exactly once per epoch across all processes. Lightning's ``DistributedSampler``
+wrapper is switched off (``use_distributed_sampler=False``): it would pad ranks with
+repeated rows and lose the domain balance, which this sampler keeps per draw.
 """
 
 from __future__ import annotations
@@ -53,22 +60,27 @@ class BatchSampler(Sampler[list[int]]):
 
     Args:
         domains: Domain of each row (length n).
-        batch_size: Rows per batch (per process).
+        batch_size: Most rows per batch (per process).
         balance: ``"dataset"`` (each domain equally likely) or ``"none"``.
         seed: Base seed; epoch ``e`` uses ``seed + e``.
-        batches_per_epoch: Batches per epoch over all processes; default
-            ``n // batch_size``.
-        rank: This process's rank under DDP.
+        rank: This process's global rank under DDP.
         world_size: Number of processes.
 
+    Attributes:
+        steps: Batches per epoch on each process:
+            ``ceil(n / (world_size * batch_size))``.
+
     Raises:
-        InvalidArgumentError: If ``balance`` is unknown or there are fewer rows than
-            one batch.
+        InvalidArgumentError: If ``balance`` is unknown, the batch size is not
+            between 1 and n, or there are fewer than 2 rows per process.
 
     Examples:
-        >>> s = BatchSampler(["a"] * 6 + ["b"] * 2, 4, balance="none", seed=0)
-        >>> [sorted(b) for b in s][0] != [], len(s)
-        (True, 2)
+        >>> s = BatchSampler(["a"] * 6 + ["b"] * 3, 4, balance="none", seed=0)
+        >>> [len(b) for b in s], sorted(i for b in s for i in b) == list(range(9))
+        ([3, 3, 3], True)
+        >>> r1 = BatchSampler(["a"] * 9, 4, balance="none", rank=1, world_size=2)
+        >>> len(r1), [len(b) for b in r1]
+        (2, [2, 2])
     """
 
     def __init__(
@@ -77,7 +89,6 @@ class BatchSampler(Sampler[list[int]]):
         batch_size: int,
         balance: str = "dataset",
         seed: int = 0,
-        batches_per_epoch: int | None = None,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
@@ -91,13 +102,18 @@ class BatchSampler(Sampler[list[int]]):
                 f"batch size {batch_size} does not fit {n} rows: use a batch size "
                 f"between 1 and {n}"
             )
+        if not 0 <= rank < world_size or n < 2 * world_size:
+            raise InvalidArgumentError(
+                f"{n} rows cannot be shared by {world_size} processes (rank {rank}): "
+                "each process needs at least 2 cells per batch; use fewer devices "
+                "or select more cells"
+            )
         self.n = n
         self.batch_size = batch_size
         self.balance = balance
         self.seed = seed
         self.weights = balanced_weights(domains) if balance == "dataset" else None
-        total = batches_per_epoch if batches_per_epoch is not None else n // batch_size
-        self.total_batches = max(world_size, total - total % world_size)
+        self.steps = -(-n // (world_size * batch_size))
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
@@ -107,19 +123,17 @@ class BatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.total_batches // self.world_size
+        return self.steps
 
     def __iter__(self) -> Iterator[list[int]]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        need = self.total_batches * self.batch_size
         if self.weights is not None:
             idx = torch.multinomial(
-                torch.from_numpy(self.weights), need, replacement=True, generator=g
+                torch.from_numpy(self.weights), self.n, replacement=True, generator=g
             )
         else:
-            reps = -(-need // self.n)
-            idx = torch.cat([torch.randperm(self.n, generator=g) for _ in range(reps)])
-        batches = idx[:need].view(self.total_batches, self.batch_size)
+            idx = torch.randperm(self.n, generator=g)
+        batches = torch.tensor_split(idx, self.steps * self.world_size)
         for b in batches[self.rank :: self.world_size]:
             yield b.tolist()
 

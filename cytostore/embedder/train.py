@@ -6,6 +6,14 @@ workers needed); :class:`SSLModule` turns each batch into views with
 method's loss. PyTorch Lightning brings multi-GPU / multi-node DDP, mixed precision,
 checkpointing, the time budget (``max_time``) and the progress bar.
 
+Under DDP (``devices``/``num_nodes`` > 1, launched by Lightning, ``torchrun`` or
+SLURM's ``srun``) every process runs this loop on its share of each epoch's draw
+(:class:`~cytostore.embedder.sampling.BatchSampler`); only global rank 0 writes
+files (the checkpoint, the configuration); a process that fails leaves a one-line
+report in the run's folder so that the others can name it in their own error
+(:class:`~cytostore.errors.DistributedRunError`), and :func:`on_global_zero` runs
+the registration on rank 0 while the other processes wait for its outcome.
+
 Learning rate and momentum follow the run's ``progress`` in [0, 1]: the fraction of
 steps done for a fixed number of epochs, or the fraction of the time budget used
 (``max_s``), whichever is further, so a time-budgeted run still warms up and anneals.
@@ -39,7 +47,12 @@ from cytostore.embedder.device import resolve_device, resolve_precision
 from cytostore.embedder.methods import SSLMethod
 from cytostore.embedder.monitor import TrainingHistory
 from cytostore.embedder.sampling import BatchSampler, CachedRows
-from cytostore.errors import ConfigMismatchError, TrainingDivergedError
+from cytostore.errors import (
+    ConfigMismatchError,
+    CytostoreError,
+    DistributedRunError,
+    TrainingDivergedError,
+)
 from cytostore.store import fault_point
 
 __all__ = [
@@ -50,6 +63,9 @@ __all__ = [
     "lightning_hardware",
     "config_difference",
     "CHECKPOINT_NAME",
+    "global_rank",
+    "launch_rank",
+    "on_global_zero",
 ]
 
 logger = logging.getLogger(__name__)
@@ -120,6 +136,10 @@ class TrainResult:
         knn_final: kNN monitor accuracy after the last epoch, or ``None``.
         stopped_by: ``"epochs"`` or ``"time"``.
         checkpoint: Path of the last checkpoint.
+        cells_per_epoch: Cells drawn in each epoch, summed over all processes
+            (counted from the batches, resumed epochs included).
+        world_size: Processes that trained (1 without DDP).
+        global_rank: This process's rank (0 without DDP).
     """
 
     epochs: list[dict[str, Any]]
@@ -129,6 +149,9 @@ class TrainResult:
     knn_final: float | None
     stopped_by: str
     checkpoint: Path
+    cells_per_epoch: list[int] = field(default_factory=list)
+    world_size: int = 1
+    global_rank: int = 0
 
 
 def lightning_hardware(
@@ -237,10 +260,19 @@ class SSLModule(pl.LightningModule):
         return self.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t))))
 
     # ------------------------------------------------------------- lifecycle
-    def on_fit_start(self) -> None:
-        """Start the clock; lay the network out channels-last (faster convs)."""
-        self._fit_started = time.monotonic()
+    def configure_model(self) -> None:
+        """Lay the network out channels-last (faster convs), before DDP wraps it.
+
+        DDP lays its gradient buckets out like the parameters when it wraps the
+        model; converting afterwards (as ``on_fit_start`` would) leaves buckets
+        and gradients with different strides: a copy per step and the warning
+        "Grad strides do not match bucket view strides".
+        """
         self.method.to(memory_format=torch.channels_last)
+
+    def on_fit_start(self) -> None:
+        """Start the clock."""
+        self._fit_started = time.monotonic()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the clock and the configuration in the checkpoint."""
@@ -297,6 +329,7 @@ class SSLModule(pl.LightningModule):
         lr = self._lr_at(p)
         for group in opt.param_groups:  # type: ignore[union-attr]
             group["lr"] = lr
+        fault_point(f"pretrain.step.rank{self.global_rank}")  # one process fails
         glob, loc = self.make_views(batch)
         loss = self.method.training_loss(glob, loc, p)
         if not torch.isfinite(loss.detach()).all():
@@ -332,6 +365,42 @@ class _EpochCheckpoint(pl.Callback):
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         fault_point("pretrain.after_checkpoint")
+
+
+class _CellsSeen(pl.Callback):
+    """Count the cells of every epoch's batches, summed over all processes."""
+
+    def __init__(self) -> None:
+        self.per_epoch: list[int] = []
+        self._cells = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"per_epoch": list(self.per_epoch)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.per_epoch = [int(v) for v in state_dict.get("per_epoch", [])]
+
+    def on_train_epoch_start(self, *args: Any) -> None:
+        self._cells = 0
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._cells += len(batch)
+
+    def on_train_epoch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> None:
+        total = trainer.strategy.reduce(
+            torch.tensor(float(self._cells), device=pl_module.device),
+            reduce_op="sum",
+        )
+        self.per_epoch.append(int(round(float(total))))
 
 
 class _Progress(pl.Callback):
@@ -417,24 +486,31 @@ def train_ssl(
     wanted = run_config if run_config is not None else config.to_dict()
     ckpt = _check_resume(ckpt_dir, ckpt_path, wanted, resume)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(ckpt_dir / "config.json", wanted)
 
     accelerator, dev_auto, lightning_precision = lightning_hardware(device, precision)
     dev: int | list[int] = devices if devices is not None else dev_auto
-    world = (
-        dev if isinstance(dev, int) else len(dev) if isinstance(dev, list) else 1
-    ) * num_nodes
+    per_node = dev if isinstance(dev, int) else len(dev)
+    world = per_node * num_nodes
     sampler = BatchSampler(
-        domains, config.batch_size, config.balance, config.seed, world_size=1
+        domains, config.batch_size, config.balance, config.seed, world_size=world
     )
-    steps_per_epoch = max(1, len(sampler) // max(1, world))
-    total_steps = steps_per_epoch * epochs if epochs is not None else None
+    total_steps = len(sampler) * epochs if epochs is not None else None
     method.train()  # backbones come in eval mode; BN must use batch statistics
     module = SSLModule(method, config, mean, std, total_steps, max_s)
     history = history if history is not None else TrainingHistory()
+    cells = _CellsSeen()
+    rank = launch_rank(per_node)
+    report = _FailureReport(ckpt_dir, rank, world)
+    if rank == 0:
+        _write_json(ckpt_dir / "config.json", wanted)
 
-    cbs: list[pl.Callback] = [history, _EpochCheckpoint(ckpt_path), *callbacks]
-    if progress is not None:
+    cbs: list[pl.Callback] = [
+        history,
+        cells,
+        _EpochCheckpoint(ckpt_path),
+        *callbacks,
+    ]
+    if progress is not None and rank == 0:
         cbs.append(_Progress(progress, module))
     with _lightning_quiet():
         trainer = pl.Trainer(
@@ -457,9 +533,12 @@ def train_ssl(
         )
         loader = _loader(images_u8, rows, domains, config, trainer)
         try:
-            trainer.fit(
-                module, loader, ckpt_path=str(ckpt_path) if ckpt is not None else None
-            )
+            with report:
+                trainer.fit(
+                    module,
+                    loader,
+                    ckpt_path=str(ckpt_path) if ckpt is not None else None,
+                )
         except TrainingDivergedError as exc:
             kept = (
                 f"the last good checkpoint is kept at {ckpt_path}"
@@ -482,7 +561,143 @@ def train_ssl(
         knn_final=final.get("knn"),
         stopped_by="epochs" if epochs is not None and done_epochs >= epochs else "time",
         checkpoint=ckpt_path,
+        cells_per_epoch=list(cells.per_epoch),
+        world_size=int(trainer.world_size),
+        global_rank=int(trainer.global_rank),
     )
+
+
+def launch_rank(devices_per_node: int = 1) -> int:
+    """Return this process's global DDP rank as its launcher set it (0 alone).
+
+    Known before any process group exists, from the variables that ``torchrun``
+    (``RANK``), SLURM (``SLURM_PROCID``, when the job step has several tasks) or
+    Lightning's own launcher (``NODE_RANK``, ``LOCAL_RANK``) set.
+
+    Examples:
+        >>> launch_rank()
+        0
+    """
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"])
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        return int(env["SLURM_PROCID"])
+    return int(env.get("NODE_RANK", "0")) * devices_per_node + int(
+        env.get("LOCAL_RANK", "0")
+    )
+
+
+def global_rank() -> int:
+    """Return this process's global rank: 0 without DDP, and on DDP's rank 0.
+
+    Lightning's own value once a run has started, else :func:`launch_rank`.
+    """
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    rank = getattr(rank_zero_only, "rank", None)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return int(torch.distributed.get_rank())
+    return int(rank) if rank is not None else launch_rank()
+
+
+def on_global_zero(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``fn`` on global rank 0 only; every process returns its result.
+
+    Without a process group this is ``fn()``. Under DDP, rank 0 runs ``fn`` (e.g.
+    registering the model) while the other processes wait; then rank 0 sends them
+    its result (a JSON-ready dict) or its one-line error.
+
+    Returns:
+        ``fn()``'s dict, on every process.
+
+    Raises:
+        DistributedRunError: On the other processes, if ``fn`` failed on rank 0
+            (rank 0 itself re-raises ``fn``'s own error).
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return fn()
+    payload: list[Any] = [None]
+    error: BaseException | None = None
+    if dist.get_rank() == 0:
+        try:
+            payload = [json.dumps({"ok": fn()})]
+        except BaseException as exc:  # every failure must reach the other ranks
+            error = exc
+            payload = [json.dumps({"error": _one_line(exc)})]
+    dist.broadcast_object_list(payload, src=0)  # a JSON string between our ranks
+    if error is not None:
+        raise error
+    doc = json.loads(payload[0])
+    if "error" in doc:
+        raise DistributedRunError(
+            f"rank 0 failed after training: {doc['error']}; nothing was "
+            "registered by this process"
+        )
+    result: dict[str, Any] = doc["ok"]
+    return result
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or "(no message)"
+    return text if isinstance(exc, CytostoreError) else f"{type(exc).__name__}: {text}"
+
+
+class _FailureReport:
+    """Leave a one-line report when this process fails; name a failed peer's.
+
+    A DDP process that fails takes no part in the next collective, so its peers
+    only see a broken connection (gloo) or time out (NCCL). Each process
+    therefore writes ``rank-<r>.failed`` (its error in one line) into the run's
+    checkpoint folder before its error propagates, and a process whose own
+    error is not a :class:`CytostoreError` (the broken connection) raises
+    :class:`DistributedRunError` quoting the report of the first failed peer.
+    Hand-written: torch's elastic error files exist only under ``torchrun``.
+    """
+
+    _WAIT_S = 3.0
+
+    def __init__(self, folder: Path, rank: int, world: int) -> None:
+        self.folder = folder
+        self.rank = rank
+        self.world = world
+        self.path = folder / f"rank-{rank}.failed"
+        self.path.unlink(missing_ok=True)  # a stale report of an earlier run
+        self.started = time.time()
+
+    def __enter__(self) -> _FailureReport:
+        return self
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None or self.world < 2 or isinstance(exc, KeyboardInterrupt):
+            return
+        peer = None if isinstance(exc, CytostoreError) else self._peer_report()
+        if peer is not None:
+            rank, text = peer
+            self._write(f"rank {rank} failed first: {text}")
+            raise DistributedRunError(
+                f"process {rank} of {self.world} failed: {text}"
+            ) from exc
+        self._write(_one_line(exc))
+
+    def _write(self, text: str) -> None:
+        with contextlib.suppress(OSError):
+            self.path.write_text(text + "\n")
+
+    def _peer_report(self) -> tuple[int, str] | None:
+        deadline = time.monotonic() + self._WAIT_S
+        while True:
+            for r in range(self.world):
+                path = self.folder / f"rank-{r}.failed"
+                if r == self.rank or not path.is_file():
+                    continue
+                with contextlib.suppress(OSError):
+                    if path.stat().st_mtime >= self.started - 1:
+                        return r, path.read_text().strip()
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.2)
 
 
 @contextlib.contextmanager
