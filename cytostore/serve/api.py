@@ -61,6 +61,7 @@ def api_cells(request: Request) -> JSONResponse:
         _q(request, "order"),
         request.query_params.get("limit", views.PAGE_SIZE),
         request.query_params.get("offset", 0),
+        cache=request.app.state.catalog_cache,
     )
     return JSONResponse(data)
 
@@ -75,10 +76,18 @@ def api_image(request: Request) -> Response:
     return _png(cell_png(_store(request), request.path_params["cell_id"]), cache=False)
 
 
-def api_thumbnail(request: Request) -> Response:
-    """``GET /api/cells/{cell_id}/thumbnail``: small PNG, cached on disk."""
+async def api_thumbnail(request: Request) -> Response:
+    """``GET /api/cells/{cell_id}/thumbnail``: small PNG, cached on disk.
+
+    A cached thumbnail of a cell known to be catalogued is read on the event loop
+    (a small local file; no thread hop); anything else is made in a thread.
+    """
     thumbs = request.app.state.thumbnails
-    return _png(thumbs.get(request.path_params["cell_id"]), cache=True)
+    cell_id = request.path_params["cell_id"]
+    data = thumbs.cached(cell_id)
+    if data is None:
+        data = await run_in_threadpool(thumbs.get, cell_id)
+    return _png(data, cache=True)
 
 
 def api_neighbors(request: Request) -> JSONResponse:

@@ -37,6 +37,7 @@ from cytostore.errors import (
     WriteRefusedError,
 )
 from cytostore.serve import api, pages
+from cytostore.serve.cache import CatalogCache
 from cytostore.serve.images import ThumbnailCache
 from cytostore.serve.security import Guard
 from cytostore.store import Store
@@ -166,11 +167,13 @@ def create_app(
         },
     )
     writable = not read_only and os.access(st.root, os.W_OK)
+    catalog_cache = CatalogCache(st)
     state: dict[str, Any] = {
         "store": st,
         "read_only": read_only,
         "templates": templates,
-        "thumbnails": ThumbnailCache(st, writable=writable),
+        "catalog_cache": catalog_cache,
+        "thumbnails": ThumbnailCache(st, writable=writable, catalog=catalog_cache),
     }
     for key, value in state.items():
         setattr(app.state, key, value)

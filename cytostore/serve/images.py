@@ -5,7 +5,10 @@ refuses a path leading outside its dataset's root); the file is decoded with the
 package's reader and re-encoded with Pillow, so the bytes of a file are never
 streamed as they are. Thumbnails live in ``STORE/cache/thumbnails/<cell_id>.png``
 (``gc --cache`` and ``rm`` clear them), bounded in count; nothing is written when
-the server is read-only or the folder is not writable.
+the server is read-only or the folder is not writable. A cached thumbnail is
+served only while its cell is catalogued: checked against the catalogued ids that
+:class:`~cytostore.serve.cache.CatalogCache` keeps while the catalog is unchanged
+(no catalog visit per thumbnail).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from PIL import Image
 
 from cytostore.data import load_rgb
 from cytostore.errors import UnknownCellError
+from cytostore.serve.cache import CatalogCache
 from cytostore.store import Store
 
 __all__ = ["THUMBNAIL_PX", "ThumbnailCache", "cell_png"]
@@ -77,17 +81,33 @@ class ThumbnailCache:
         store: The store.
         writable: Whether thumbnails may be written (``False``: read-only server).
         max_files: Most files kept; past it the oldest half is removed.
+        catalog: Where the catalogued ids are kept (default: a cache of its own).
     """
 
     def __init__(
-        self, store: Store, writable: bool, max_files: int = MAX_THUMBNAILS
+        self,
+        store: Store,
+        writable: bool,
+        max_files: int = MAX_THUMBNAILS,
+        catalog: CatalogCache | None = None,
     ) -> None:
         self.store = store
+        self.catalog = catalog or CatalogCache(store)
         self.folder = store.root / "cache" / "thumbnails"
         self.writable = writable
         self.max_files = max_files
         self._lock = threading.Lock()
         self._count: int | None = None
+
+    def cached(self, cell_id: int) -> bytes | None:
+        """Return a cell's cached thumbnail without blocking, or ``None``.
+
+        ``None`` when none is on disk, or when whether the cell is catalogued is
+        not known without a catalog visit: then call :meth:`get` in a thread.
+        """
+        if not self.catalog.catalogued(cell_id, visit=False):
+            return None
+        return self._read(cell_id)
 
     def get(self, cell_id: int) -> bytes:
         """Return the PNG thumbnail of a cell, from the cache or made now.
@@ -96,18 +116,21 @@ class ThumbnailCache:
             UnknownCellError, StoreCorruptError, ImageDecodeError: As
                 :func:`cell_png`.
         """
-        path = self.folder / f"{int(cell_id)}.png"
-        if path.is_file():
-            try:
-                data = path.read_bytes()
-                if data.startswith(b"\x89PNG"):
-                    return data
-            except OSError:
-                pass
+        if self.catalog.catalogued(cell_id):
+            data = self._read(cell_id)
+            if data is not None:
+                return data
         data = cell_png(self.store, int(cell_id), THUMBNAIL_PX)
         if self.writable:
-            self._write(path, data)
+            self._write(self.folder / f"{int(cell_id)}.png", data)
         return data
+
+    def _read(self, cell_id: int) -> bytes | None:
+        try:
+            data = (self.folder / f"{int(cell_id)}.png").read_bytes()
+        except OSError:
+            return None
+        return data if data.startswith(b"\x89PNG") else None
 
     def _write(self, path: Path, data: bytes) -> None:
         """Write a thumbnail atomically; give up quietly where the disk refuses."""

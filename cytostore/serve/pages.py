@@ -98,6 +98,7 @@ def cells_page(request: Request) -> Response:
             order or None,
             views.PAGE_SIZE,
             (page - 1) * views.PAGE_SIZE,
+            cache=request.app.state.catalog_cache,
         )
     except CytostoreError as exc:
         status = _status(exc)
@@ -112,7 +113,7 @@ def cells_page(request: Request) -> Response:
             context["prev_url"] = "/cells?" + urlencode({**params, "page": page - 1})
         if page < pages_total:
             context["next_url"] = "/cells?" + urlencode({**params, "page": page + 1})
-    context["columns"] = _store(request).columns("cell_meta")
+    context["columns"] = views.columns(_store(request), request.app.state.catalog_cache)
     return render(request, "cells.html", context, status)
 
 

@@ -22,12 +22,14 @@ from cytostore.errors import (
     UnknownModelError,
     UnknownPatientError,
 )
+from cytostore.serve.cache import CatalogCache
 from cytostore.store import Store, browse_cells, count_cells, list_models
 
 __all__ = [
     "PAGE_SIZE",
     "cell",
     "cells",
+    "columns",
     "head",
     "heads",
     "model",
@@ -63,14 +65,35 @@ def _int(value: Any, name: str, lo: int, hi: int, default: int) -> int:
     return n
 
 
+def _grid(
+    store: Store, where: str | None, order: str | None, limit: int, offset: int
+) -> dict[str, Any]:
+    with store.connect(read_only=True):  # one catalog visit for page and counts
+        total, page = browse_cells(store, where, order, limit=limit, offset=offset)
+        counts = count_cells(store, where, ("dataset", "label"))
+    return jsonable(
+        {
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+            "cells": page.dicts(),
+            "counts": counts[:50],
+        }
+    )
+
+
 def cells(
     store: Store,
     where: str | None = None,
     order: str | None = None,
     limit: Any = PAGE_SIZE,
     offset: Any = 0,
+    cache: CatalogCache | None = None,
 ) -> dict[str, Any]:
     """Return ``{"total", "cells", "counts", "limit", "offset"}`` for a grid page.
+
+    With a ``cache`` the answer is kept while the catalog is unchanged (and is
+    then shared: do not change it).
 
     Raises:
         InvalidArgumentError: Bad ``limit``/``offset``.
@@ -78,19 +101,18 @@ def cells(
     """
     n = _int(limit, "limit", 1, 10_000, PAGE_SIZE)
     skip = _int(offset, "offset", 0, 10**12, 0)
-    total, page = browse_cells(
-        store, where or None, order or None, limit=n, offset=skip
-    )
-    counts = count_cells(store, where or None, ("dataset", "label"))
-    return jsonable(
-        {
-            "total": total,
-            "limit": n,
-            "offset": skip,
-            "cells": page.dicts(),
-            "counts": counts[:50],
-        }
-    )
+    if cache is None:
+        return _grid(store, where or None, order or None, n, skip)
+    return cache.get(_grid, where or None, order or None, n, skip)
+
+
+def _columns(store: Store) -> list[str]:
+    return store.columns("cell_meta")
+
+
+def columns(store: Store, cache: CatalogCache | None = None) -> list[str]:
+    """Return the columns of ``cell_meta`` (the grid's sort and filter choices)."""
+    return _columns(store) if cache is None else cache.get(_columns)
 
 
 def _check_cell(store: Store, cell_id: int) -> None:
