@@ -20,11 +20,15 @@ from scipy import ndimage
 
 from cytostore.data._morphs import Morph, Stain
 
-__all__ = ["render_cell"]
+__all__ = ["render_cell", "render_cell_masks", "MASK_BITS"]
 
 F32 = npt.NDArray[np.floating[Any]]  # float32 at run time
 _WORK_UM_PER_PX = 0.2
 _RBC_RADIUS_UM = 3.7
+#: Bit of each planted structure in a structure mask (uint8, bits OR-ed).
+MASK_BITS = {"cell": 1, "nucleus": 2, "granules": 4, "auer_rods": 8}
+#: A granule pixel: the granule field (peak about 1 per granule) at least this.
+_GRANULE_LEVEL = 0.3
 
 
 @functools.lru_cache(maxsize=16)
@@ -228,6 +232,82 @@ def render_cell(
     Returns:
         uint8 array (out_px, out_px, 3), RGB.
     """
+    return _render(
+        rng,
+        morph,
+        stain,
+        out_px=out_px,
+        um_per_px=um_per_px,
+        od_jitter=od_jitter,
+        size_scale=size_scale,
+        with_masks=False,
+    )[0]
+
+
+def render_cell_masks(
+    rng: np.random.Generator,
+    morph: Morph,
+    stain: Stain,
+    *,
+    out_px: int,
+    um_per_px: float,
+    od_jitter: npt.NDArray[np.float64] | None = None,
+    size_scale: float = 1.0,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """Draw one cell as :func:`render_cell` does, and the masks of what it planted.
+
+    The image is the same bytes :func:`render_cell` draws from the same ``rng``
+    state (the masks draw no random numbers).
+
+    Returns:
+        ``(image, mask)``: the uint8 (out_px, out_px, 3) RGB image and a uint8
+        (out_px, out_px) mask whose bits (:data:`MASK_BITS`) mark the white cell,
+        its nucleus, its granules (where the granule stain is at least
+        ``_GRANULE_LEVEL`` of one granule's peak) and its Auer rods.
+    """
+    image, mask = _render(
+        rng,
+        morph,
+        stain,
+        out_px=out_px,
+        um_per_px=um_per_px,
+        od_jitter=od_jitter,
+        size_scale=size_scale,
+        with_masks=True,
+    )
+    if mask is None:  # pragma: no cover - with_masks=True always makes one
+        raise RuntimeError("render_cell_masks: no mask was drawn")
+    return image, mask
+
+
+def _render(
+    rng: np.random.Generator,
+    morph: Morph,
+    stain: Stain,
+    *,
+    out_px: int,
+    um_per_px: float,
+    od_jitter: npt.NDArray[np.float64] | None,
+    size_scale: float,
+    with_masks: bool,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8] | None]:
+    """Draw one cell centred (with jitter) in a square field (and its masks).
+
+    Args:
+        rng: Source of all randomness (the image is a function of its state).
+        morph: The class to draw.
+        stain: The dataset's look.
+        out_px: Side of the returned image, pixels.
+        um_per_px: Pixel size of the returned image, µm.
+        od_jitter: Per-channel factors (3,) on the stain density (a patient's slide);
+            None means 1.
+        size_scale: Factor on the cell diameter (a patient's cells).
+        with_masks: Also return the structure mask.
+
+    Returns:
+        ``(image, mask)``: uint8 (out_px, out_px, 3) RGB, and the structure mask
+        (see :func:`render_cell_masks`) or None without ``with_masks``.
+    """
     n = min(out_px, max(64, round(out_px * um_per_px / _WORK_UM_PER_PX)))
     wu = out_px * um_per_px / n  # µm per working pixel
     ax = _axis(n, wu)
@@ -298,6 +378,7 @@ def render_cell(
         + dens[:, :, None] * _od(stain.nucleus_rgb)
         + gran[:, :, None] * _od(morph.granule_rgb)
     )
+    rods = None
     if morph.auer_p > 0 and rng.uniform() < morph.auer_p:
         rods = np.zeros(cell.shape, np.float32)
         k = int(rng.integers(morph.auer_n[0], morph.auer_n[1] + 1))
@@ -329,4 +410,21 @@ def render_cell(
     img = Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8), "RGB")
     if n != out_px:
         img = img.resize((out_px, out_px), Image.Resampling.BILINEAR)
-    return np.asarray(img)
+    if not with_masks:
+        return np.asarray(img), None
+    planes = {
+        "cell": cell >= 0.5,
+        "nucleus": nuc >= 0.5,
+        "granules": gran >= _GRANULE_LEVEL,
+        "auer_rods": (rods * cell >= 0.5) if rods is not None else None,
+    }
+    window = np.zeros((j1 - j0, i1 - i0), np.uint8)
+    for name, plane in planes.items():
+        if plane is not None:
+            window |= plane.astype(np.uint8) * np.uint8(MASK_BITS[name])
+    full = np.zeros((n, n), np.uint8)
+    full[j0:j1, i0:i1] = window
+    mask = Image.fromarray(full, "L")
+    if n != out_px:
+        mask = mask.resize((out_px, out_px), Image.Resampling.NEAREST)
+    return np.asarray(img), np.asarray(mask)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cytostore.data._draw import render_cell
+from cytostore.data._draw import MASK_BITS, render_cell, render_cell_masks
 from cytostore.data._morphs import (
     MLL_PB_CLASSES,
     MORPHS,
@@ -51,6 +51,9 @@ __all__ = [
     "MLL_BAG_LABELS",
     "UM_PER_PX",
     "IMAGE_PX",
+    "MASK_BITS",
+    "MASKS_DIR",
+    "structure_mask",
 ]
 
 logger = logging.getLogger(__name__)
@@ -95,6 +98,8 @@ _MLL_HEADER = (
     "patient_id", "sex_1f_2m", "age", "bag_label", "instance_count", "leucocytes_perl",
     *_PB_COLUMNS[:11], "pb_lymph_atyp_neopl", "pb_other", "pb_total",
 )  # fmt: skip
+#: Folder (beside the datasets, hidden from ingest) of the structure masks.
+MASKS_DIR = ".masks"
 _NIF_LOOKS = ("NGS", "LYT", "BLA", "EBO", "MON", "PMO", "MYB")
 
 Progress = Callable[[int, int], None]
@@ -226,33 +231,39 @@ class _Job:
     morph: Morph
     od_patient: tuple[float, float, float] | None = None
     size_scale: float = 1.0
+    mask_path: Path | None = None
 
 
-def _draw(seed: int, job: _Job) -> np.ndarray:
+def _draw(seed: int, job: _Job) -> tuple[np.ndarray, np.ndarray | None]:
     """Return the image of ``job`` (uint8 RGB), a function of the seed and the job.
 
     The stain density varies by 4% per image, or by 2% around the factors of the
-    patient's slide (``job.od_patient``).
+    patient's slide (``job.od_patient``). With ``job.mask_path`` the structure mask
+    comes too (the image is the same either way); else None.
     """
     rng = _rng(seed, job.dataset, 1, job.index)
     if job.od_patient is None:
         od_jitter = 1.0 + rng.normal(0.0, 0.04, 3)
     else:
         od_jitter = np.asarray(job.od_patient) * (1.0 + rng.normal(0.0, 0.02, 3))
-    return render_cell(
-        rng,
-        job.morph,
-        STAINS[job.dataset],
-        out_px=IMAGE_PX[job.dataset],
-        um_per_px=UM_PER_PX[job.dataset],
-        od_jitter=od_jitter,
-        size_scale=job.size_scale,
-    )
+    kwargs: dict[str, Any] = {
+        "out_px": IMAGE_PX[job.dataset],
+        "um_per_px": UM_PER_PX[job.dataset],
+        "od_jitter": od_jitter,
+        "size_scale": job.size_scale,
+    }
+    if job.mask_path is None:
+        return render_cell(rng, job.morph, STAINS[job.dataset], **kwargs), None
+    return render_cell_masks(rng, job.morph, STAINS[job.dataset], **kwargs)
 
 
 def _write(seed: int, job: _Job) -> None:
-    """Draw ``job`` and write it in its dataset's format."""
-    img = Image.fromarray(_draw(seed, job), "RGB")
+    """Draw ``job`` and write it in its dataset's format (and its mask as a PNG)."""
+    pixels, mask = _draw(seed, job)
+    if mask is not None and job.mask_path is not None:
+        job.mask_path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask, "L").save(job.mask_path, format="PNG")
+    img = Image.fromarray(pixels, "RGB")
     if job.dataset == "lmu":
         img.convert("RGBA").save(job.path, format="TIFF")  # opaque alpha
     elif job.dataset == "mll_helmholtz":
@@ -447,6 +458,7 @@ def synthesize(
     bm_chunk_size: int = 1000,
     workers: int = 1,
     progress: Progress | None = None,
+    masks: bool = False,
 ) -> SynthReport:
     """Write synthetic ``lmu``, ``mll_helmholtz`` and ``bm`` datasets under ``out``.
 
@@ -473,6 +485,12 @@ def synthesize(
         bm_chunk_size: Images per ``bm`` chunk folder (1000 in the real data).
         workers: Processes drawing the images (the files do not depend on it).
         progress: Called as ``progress(done, total)`` after each image.
+        masks: Also write each image's structure mask (what the drawing planted:
+            the white cell, its nucleus, granules, Auer rods; bits of
+            :data:`MASK_BITS`) as an 8-bit PNG at
+            ``out/.masks/<dataset>/<image path in the dataset>.png`` (a hidden
+            folder, so ingest never sees it; :func:`structure_mask` finds it from
+            an image path). The images are the same bytes with or without masks.
 
     Returns:
         The datasets written, with their counts per class / bag and per patient.
@@ -559,6 +577,14 @@ def synthesize(
                 )
             else:
                 more, counts = _plan_bm(tmp, cells_per_dataset, seed, bm_chunk_size)
+            if masks:
+                mask_root = out / MASKS_DIR / name
+                if mask_root.exists():
+                    shutil.rmtree(mask_root)  # of an earlier run into this folder
+                more = [
+                    replace(j, mask_path=mask_root / f"{j.path.relative_to(tmp)}.png")
+                    for j in more
+                ]
             jobs += more
             entry = SynthDataset(
                 name=name,
@@ -587,8 +613,36 @@ def synthesize(
 
         _run(jobs, seed, workers, tick)
     except BaseException:  # interrupted or failed: leave no partial dataset
-        for _, tmp, _ in planned:
+        for entry, tmp, _ in planned:
             shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(out / MASKS_DIR / entry.name, ignore_errors=True)
         raise
     written = {entry.name: entry for entry, _, _ in planned}
     return SynthReport(out=out, seed=seed, datasets=written)
+
+
+def structure_mask(image: str | os.PathLike[str]) -> np.ndarray | None:
+    """Return the structure mask :func:`synthesize` wrote for one image, if any.
+
+    The mask of ``out/<dataset>/<rel>`` lies at ``out/.masks/<dataset>/<rel>.png``;
+    it is looked for beside each folder above the image, so the image may be
+    given by any path under ``out``.
+
+    Args:
+        image: Path of a synthetic image.
+
+    Returns:
+        uint8 (H, W) mask of the image's size (bits of :data:`MASK_BITS`), or
+        None when no mask was written for it (``masks=False``, or not synthetic).
+    """
+    path = Path(image)
+    for folder in path.parents:
+        if folder.parent == folder:
+            break
+        candidate = (
+            folder.parent / MASKS_DIR / folder.name / f"{path.relative_to(folder)}.png"
+        )
+        if candidate.is_file():
+            with Image.open(candidate) as im:
+                return np.asarray(im.convert("L"), dtype=np.uint8)
+    return None

@@ -31,7 +31,7 @@ from cytostore.heads._base import (
 )
 from cytostore.heads.splits import inner_validation_split
 
-__all__ = ["ABMILHead", "GatedAttention", "as_bags", "refit_epochs"]
+__all__ = ["ABMILHead", "GatedAttention", "PriorCorrected", "as_bags", "refit_epochs"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,32 @@ class GatedAttention(nn.Module):
         attention = torch.softmax(scores, dim=1)
         pooled = torch.einsum("bn,bnh->bh", attention, h)
         return self.classifier(pooled), attention
+
+
+class PriorCorrected(nn.Module):
+    """A :class:`GatedAttention` whose logits have the log class prior subtracted.
+
+    ``softmax(logits - log prior)`` is the posterior divided by the prior and
+    renormalised: :meth:`ABMILHead.predict_proba` with ``prior_correction``.
+
+    Args:
+        module: The trained pooling and classifier.
+        log_prior: float32 (n_classes,) log training class prior.
+    """
+
+    log_prior: torch.Tensor
+
+    def __init__(self, module: GatedAttention, log_prior: torch.Tensor) -> None:
+        super().__init__()
+        self.module = module
+        self.register_buffer("log_prior", log_prior)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(logits - log prior, attention)`` (shapes of GatedAttention)."""
+        logits, attention = self.module(x, mask)
+        return logits - self.log_prior, attention
 
 
 def as_bags(bags: Any, n_features: int | None = None) -> list[npt.NDArray[np.float32]]:
@@ -536,6 +562,27 @@ class ABMILHead(BaseHead):
         )
         load_module_state(module, state)
         self.module_ = module
+
+    def logits_module(self) -> nn.Module:
+        """Return the head as a differentiable torch module (for attributions).
+
+        Returns:
+            An eval-mode copy of :attr:`module_` taking ``(x, mask)`` (float32
+            (batch, max_cells, dim), bool (batch, max_cells)) to ``(logits,
+            attention)`` as :class:`GatedAttention` does; with ``prior_correction``
+            the log class prior is subtracted from the logits
+            (:class:`PriorCorrected`), so their softmax is always
+            :meth:`predict_proba`.
+
+        Raises:
+            NotFittedError: If called before ``fit``.
+        """
+        self._check_fitted()
+        module = copy.deepcopy(self.module_).eval()
+        if not self.prior_correction:
+            return module
+        log_prior = torch.log(torch.as_tensor(self.class_prior_, dtype=torch.float32))
+        return PriorCorrected(module, log_prior).eval()
 
     def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:
         """Return bag probabilities, shape (n_bags, n_classes), ``classes_`` order.

@@ -229,6 +229,26 @@ class LinearProbe(BaseHead):
         Xf = as_matrix(X, self.n_features_in_)
         return Xf.astype(np.float64) @ self.coef_.T.astype(np.float64) + self.intercept_
 
+    def logits_module(self) -> Any:
+        """Return the probe as a differentiable torch module (for attributions).
+
+        Returns:
+            A ``torch.nn.Linear`` in eval mode mapping float32 embeddings
+            (n, dim) to the logits (n, n_classes) of :meth:`decision_function`
+            (its weights are copies: changing them leaves the probe as it is).
+
+        Raises:
+            NotFittedError: If called before ``fit``.
+        """
+        import torch
+
+        self._check_fitted()
+        layer = torch.nn.Linear(int(self.n_features_in_), int(self.classes_.size))
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(np.asarray(self.coef_, np.float32)))
+            layer.bias.copy_(torch.from_numpy(np.asarray(self.intercept_, np.float32)))
+        return layer.eval()
+
     def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:
         """Return softmax probabilities, shape (n, n_classes), in ``classes_`` order.
 

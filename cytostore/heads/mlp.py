@@ -220,6 +220,19 @@ class MLPHead(BaseHead):
         load_module_state(module, state)
         self.module_ = module
 
+    def logits_module(self) -> nn.Module:
+        """Return the head as a differentiable torch module (for attributions).
+
+        Returns:
+            A copy of :attr:`module_` in eval mode: float32 embeddings (n, dim) to
+            logits (n, n_classes), whose softmax is :meth:`predict_proba`.
+
+        Raises:
+            NotFittedError: If called before ``fit``.
+        """
+        self._check_fitted()
+        return copy.deepcopy(self.module_).eval()
+
     def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:
         """Return softmax probabilities, shape (n, n_classes), ``classes_`` order.
 
