@@ -1,0 +1,89 @@
+"""``cytostore annotate``: import cell-level labels or notes from a CSV file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cytostore.cli._common import (
+    echo_result,
+    echo_summary,
+    format_option,
+    render_report,
+    store_argument,
+)
+
+
+@click.command("annotate")
+@store_argument
+@click.argument(
+    "file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.csv"
+)
+@click.option(
+    "--key",
+    type=click.Choice(["cell_id", "path"]),
+    default=None,
+    help="How the file names cells: cell_id, or dataset + path relative to the "
+    "dataset's root (default: cell_id when the file has that column).",
+)
+@click.option(
+    "--as",
+    "prefix",
+    default=None,
+    metavar="PREFIX",
+    help="Import column C as PREFIX_C (needed for names cell_meta has, e.g. label).",
+)
+@click.option(
+    "--columns",
+    default=None,
+    help="Comma-separated columns of the file to import (default: all but the key).",
+)
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Let the file's values replace different values already stored.",
+)
+@format_option
+def annotate(
+    store: Path,
+    file: Path,
+    key: str | None,
+    prefix: str | None,
+    columns: str | None,
+    replace: bool,
+    fmt: str,
+) -> None:
+    """Import labels or notes per cell from a CSV file into columns of cell_meta.
+
+    Each column of FILE.csv besides the key (cell_id, or dataset + path) becomes a
+    column of cell_meta: filter on it with --where, train or audit on it with
+    --label. All or nothing: rows naming unknown cells, a cell twice, or a value
+    that conflicts with the one stored are listed by line number and nothing is
+    imported. Importing a column again adds values for new cells; --replace lets
+    changed values win. Empty fields, nan and NA mean no value.
+
+    \b
+    Example:
+        cytostore annotate demo-out/store second_opinion.csv --key path --as expert2
+        cytostore probe demo-out/store --model tiny-simclr --label expert2_label \\
+            --where "expert2_label IS NOT NULL"
+        cytostore sql demo-out/store "SELECT * FROM annotation_columns"
+    """
+    from cytostore.curate.annotate import annotate as run_annotate
+
+    chosen = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    report = run_annotate(
+        store, file, key=key, prefix=prefix, columns=chosen, replace=replace
+    )
+    echo_result(render_report(report, fmt))
+    echo_summary(
+        f"imported {', '.join(report['columns'])} for {report['cells']} cells: "
+        f"{report['added']} values added, {report['changed']} changed, "
+        f"{report['unchanged']} unchanged"
+        + (
+            f" (new columns: {', '.join(report['new_columns'])})"
+            if report["new_columns"]
+            else ""
+        )
+    )
