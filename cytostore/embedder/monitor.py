@@ -3,8 +3,11 @@
 Where cells carry labels, a few hundred labelled cells are held out of training; after
 every epoch they are embedded (no augmentation) and each is classified by a
 cosine-similarity, similarity-weighted k-nearest-neighbour vote among the others
-(leave-one-out), so a user sees the embedding improve. :func:`write_curves` draws the
-loss and kNN accuracy per epoch into a PNG.
+(leave-one-out), so a user sees the embedding improve. Given the held-out cells'
+datasets, the same features also get the store's neighbourhood mixing score
+(:func:`cytostore.store.mixing_score`: are neighbours from the cell's own dataset
+more often than chance?), recorded per epoch beside the kNN accuracy.
+:func:`write_curves` draws the loss and kNN accuracy per epoch into a PNG.
 """
 
 from __future__ import annotations
@@ -136,10 +139,14 @@ class TrainingHistory(pl.Callback):
             never.
         on_epoch: Called with ``(epoch, loss, knn)`` after each epoch (e.g. logging).
         redraw_every_s: Least seconds between two drawings of the curves.
+        datasets: The held-out cells' datasets (length m): each epoch then records
+            the mixing score of their features (``None``: no mixing score).
 
     Attributes:
         epochs: One dict per finished epoch: ``epoch``, ``loss`` (mean), ``steps``,
-            ``knn`` (accuracy or ``None``), ``elapsed_s``.
+            ``knn`` (accuracy or ``None``), ``elapsed_s``, and ``mixing`` (the
+            dataset and label scores of :func:`cytostore.store.mixing_score`, k=10)
+            when ``datasets`` were given.
     """
 
     def __init__(
@@ -152,6 +159,7 @@ class TrainingHistory(pl.Callback):
         curves_path: str | os.PathLike[str] | None = None,
         on_epoch: Callable[[int, float, float | None], None] | None = None,
         redraw_every_s: float = 60.0,
+        datasets: Sequence[str] | None = None,
     ) -> None:
         self.images_u8 = (
             images_u8 if images_u8 is not None and len(images_u8) >= 10 else None
@@ -167,6 +175,8 @@ class TrainingHistory(pl.Callback):
         self._steps = 0
         self.redraw_every_s = redraw_every_s
         self._last_drawn_s = -math.inf
+        self.datasets = list(datasets) if datasets is not None else None
+        self._mixing: dict[str, Any] | None = None
 
     @property
     def has_monitor(self) -> bool:
@@ -213,7 +223,24 @@ class TrainingHistory(pl.Callback):
             self.std,
             device=pl_module.device,
         )
+        self._mixing = self._mixing_of(feats)
         return knn_accuracy(feats, self.labels, k=self.k)
+
+    def _mixing_of(self, feats: npt.NDArray[np.float32]) -> dict[str, Any] | None:
+        """Return the monitor cells' mixing score (dataset and label terms)."""
+        if self.datasets is None or len(self.datasets) != len(feats):
+            return None
+        from cytostore.store import mixing_score
+
+        report = mixing_score(
+            feats, self.datasets, labels=self.labels, k=10, sample=None
+        )
+        return {
+            "k": report["k"],
+            "dataset": report["dataset"],
+            "label": report["label"],
+            "per_dataset": {r["dataset"]: r["score"] for r in report["per_dataset"]},
+        }
 
     def on_train_epoch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
@@ -229,6 +256,8 @@ class TrainingHistory(pl.Callback):
             "knn": knn,
             "elapsed_s": float(getattr(pl_module, "elapsed_s", 0.0)),
         }
+        if knn is not None and self._mixing is not None:
+            entry["mixing"] = self._mixing
         self.epochs.append(entry)
         if knn is not None:
             pl_module.log("knn", knn, prog_bar=True, rank_zero_only=True)

@@ -188,3 +188,19 @@ def test_map_cli__errors(
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("Error")]
     assert len(errors) == 1 and line in errors[0], result.stderr
     assert not out.exists() and _maps(embedded_store_copy) == []
+
+
+def test_pretrain_card__records_the_monitor_cells_mixing_score(
+    synthetic_store_copy: Path,
+) -> None:
+    from cytostore.embedder import pretrain
+
+    card = pretrain(
+        synthetic_store_copy, "m", method="simclr", epochs=1, backbone="tiny",
+        crop_px=32, batch_size=32, device="cpu", workers=1, monitor_cells=60,
+        label_column="cell_type",
+    )  # fmt: skip
+    mixing = card.knn_monitor["mixing"]
+    assert mixing["k"] == 10 and set(mixing["per_dataset"]) <= {"bm", "lmu"}
+    assert -1.0 <= mixing["dataset"] <= 1.0 and -1.0 <= mixing["label"] <= 1.0
+    assert card.knn_monitor["mixing_history"] == [mixing["dataset"]]
