@@ -165,11 +165,12 @@ def build_backbone(
     from cytostore.embedder import foundation
 
     if foundation.is_foundation_arch(name):
+        if init is not None and not isinstance(init, Mapping):
+            model, dim, _ = foundation.build_from_file(name, init, input_px=crop_px)
+            return model, dim
         model, dim = foundation.build_arch(name, input_px=crop_px, seed=seed)
-        if isinstance(init, Mapping):
+        if init is not None:
             load_init_weights(model, init, name=name)
-        elif init is not None:
-            foundation.load_foundation_weights(model, name, init)
         return model.eval(), dim
     if name not in BACKBONES:
         raise InvalidArgumentError(

@@ -41,8 +41,11 @@ class ModelCard:
 
     Attributes:
         name: Registered name (folder ``STORE/models/<name>/``).
-        method: SSL method (``simclr``, ``dino``, ...), or ``none`` for a random init.
-        backbone: Backbone name from :data:`~cytostore.embedder.BACKBONES`.
+        method: SSL method (``simclr``, ``dino``, ...), ``none`` for a random init,
+            or ``imported`` for weights brought from a file (``import-model``).
+        backbone: Backbone name from :data:`~cytostore.embedder.BACKBONES`, or an
+            imported architecture (``dinobloom-s``, ``dinov2-vitb14``,
+            ``timm:<model>``, ``torchvision:<model>``).
         dim: Width of the feature vector.
         preprocessing: The preprocessing every input goes through.
         data: Cells per dataset the model was trained on (``{}`` for ``none``).
@@ -58,7 +61,8 @@ class ModelCard:
         created: ISO-8601 UTC time of registration.
         seed: Random seed of the init / training.
         init: The ``--init`` weights the backbone started from (``None``: random).
-        extra: Anything else the trainer records (hyperparameters, loss history).
+        extra: Anything else the trainer records (hyperparameters, loss history);
+            an imported model's provenance is ``extra["provenance"]``.
     """
 
     name: str
@@ -85,6 +89,17 @@ class ModelCard:
             return None
         value = self.knn_monitor.get("accuracy")
         return None if value is None else float(value)
+
+    @property
+    def provenance(self) -> dict[str, Any] | None:
+        """Where an imported model's weights came from (``None``: not imported).
+
+        Keys: ``arch``, ``family``, ``builder``, ``file``, ``file_sha256``,
+        ``license``, ``input_px``, ``normalisation``, ``pooling``, ``dim``,
+        ``scale`` (µm/px policy), ``dropped_keys``, ``imported``, ``versions``.
+        """
+        value = self.extra.get("provenance")
+        return dict(value) if isinstance(value, dict) else None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the card as a JSON-ready dict (``preprocessing`` as a dict)."""

@@ -28,6 +28,7 @@ from cytostore.embedder.device import (
     resolve_device,
     resolve_precision,
 )
+from cytostore.embedder.foundation import is_foundation_arch
 from cytostore.embedder.preprocess import Preprocessing
 from cytostore.embedder.registry import load_card, model_dir
 from cytostore.errors import CytostoreError, InvalidArgumentError, StoreCorruptError
@@ -154,8 +155,12 @@ class Encoder:
                 f"weights {str(weights)!r} do not match the sha256 in model {name!r}'s "
                 "card (changed after registration): restore them or re-register"
             )
-        module, _ = build_backbone(card.backbone, crop_px=card.preprocessing.crop_px)
-        load_init_weights(module, weights, name=card.backbone)
+        crop_px = card.preprocessing.crop_px
+        if is_foundation_arch(card.backbone):  # imported: built from its own file
+            module, _ = build_backbone(card.backbone, weights, crop_px=crop_px)
+        else:
+            module, _ = build_backbone(card.backbone, crop_px=crop_px)
+            load_init_weights(module, weights, name=card.backbone)
         enc = cls(
             fuse_for_inference(module),
             card.preprocessing,

@@ -56,13 +56,16 @@ __all__ = [
     "ARCH_NAMES",
     "ArchSpec",
     "build_arch",
+    "build_from_file",
     "foundation_preprocessing",
     "import_model",
     "is_foundation_arch",
     "load_foundation_weights",
     "map_state_dict",
     "parse_arch",
+    "pretrain_preprocessing",
     "read_weights",
+    "vit_recipe_defaults",
 ]
 
 logger = logging.getLogger(__name__)
@@ -342,6 +345,11 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True, mmap=_zip(p))
     except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # junk, not a pickled object
+            raise WeightsMismatchError(
+                f"cannot read {p.name} as a torch or safetensors file "
+                f"({_first_line(exc)}): download it again"
+            ) from None
         raise WeightsMismatchError(
             f"torch.load(weights_only=True) refused {p.name}: it holds Python "
             f"objects besides tensors ({_first_line(exc)}); cytostore never unpickles "
@@ -364,12 +372,10 @@ def _zip(path: Path) -> bool:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
+    if "WeightsUnpickler error:" in text:  # torch's cause follows its generic header
+        text = text.split("WeightsUnpickler error:", 1)[1]
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    if line.startswith("Weights only load failed"):
-        # torch puts the actual cause a few lines below its generic header
-        cause = [ln.strip() for ln in text.splitlines() if "WeightsUnpickler" in ln]
-        line = cause[0] if cause else line
-    return line[:200]
+    return line.split(" was not an allowed global")[0][:200]
 
 
 # ------------------------------------------------------------------ mapping keys
@@ -561,6 +567,39 @@ def load_foundation_weights(
     return dropped
 
 
+def build_from_file(
+    arch: str | ArchSpec,
+    path: str | os.PathLike[str],
+    *,
+    input_px: int | None = None,
+) -> tuple[nn.Module, int, dict[str, int]]:
+    """Build an architecture straight from a weights file (no random init to undo).
+
+    The module is built on the meta device and its tensors are the file's (a few
+    seconds saved per ViT); a module with tensors the file does not hold (none of
+    the supported families) is built normally instead.
+
+    Returns:
+        ``(module, dim, dropped)``: the module in eval mode on the CPU, its feature
+        width, and the keys dropped on purpose (see :func:`map_state_dict`).
+
+    Raises:
+        InvalidArgumentError: If the file does not exist or the arch is unknown.
+        WeightsMismatchError: If it cannot be read safely or does not fit.
+    """
+    spec = arch if isinstance(arch, ArchSpec) else parse_arch(arch)
+    raw = read_weights(path)
+    model, dim = build_arch(spec, input_px=input_px, device="meta")
+    state, dropped = map_state_dict(spec, raw, model)
+    check_fit(model, state, spec.arch, Path(path).name)
+    model.load_state_dict(state, strict=True, assign=True)
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.device.type == "meta" for t in tensors):  # non-persistent buffers
+        model, dim = build_arch(spec, input_px=input_px, seed=0)
+        model.load_state_dict(state, strict=True)
+    return model.eval(), dim, dropped
+
+
 def _on_meta(model: nn.Module) -> bool:
     param = next(model.parameters(), None)
     return param is not None and param.device.type == "meta"
@@ -655,13 +694,7 @@ def import_model(
     spec = parse_arch(arch)
     prep = foundation_preprocessing(spec, input_px, scale=scale, fov_um=fov_um)
     path = Path(weights)
-    raw = read_weights(path)
-    model, dim = build_arch(spec, input_px=prep.crop_px, seed=0)
-    state, dropped = map_state_dict(spec, raw, model)
-    del raw
-    check_fit(model, state, spec.arch, path.name)
-    model.load_state_dict(state, strict=True)
-    del state
+    model, dim, dropped = build_from_file(spec, path, input_px=prep.crop_px)
     provenance = {
         "arch": spec.arch,
         "family": spec.family,
@@ -678,6 +711,7 @@ def import_model(
         "scale": prep.scale,
         "dropped_keys": dropped,
         "imported": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
+        "versions": {p: _version(p) for p in ("timm", "torchvision", "safetensors")},
     }
     card = register_model(
         st,
@@ -697,6 +731,15 @@ def import_model(
     return card
 
 
+def _version(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _pooling(spec: ArchSpec, model: nn.Module) -> str:
     if spec.family in ("dinobloom", "dinov2"):
         return _VIT_POOLING
@@ -704,3 +747,46 @@ def _pooling(spec: ArchSpec, model: nn.Module) -> str:
         return f"timm global_pool={getattr(model, 'global_pool', '?')!r}"
     last = getattr(model, "_cytostore_classifier", "?")
     return f"input of the removed classifier {last}"
+
+
+# ------------------------------------------------------------------ pretraining
+#: Method of the ViT recipe: DINOv2 and DinoBloom were trained with DINO-style
+#: self-distillation, so continued pretraining on a lab's cells uses DINO.
+VIT_RECIPE_METHOD = "dino"
+
+
+def vit_recipe_defaults(
+    backbone: str, method: str | None, crop_px: int | None
+) -> tuple[str | None, int | None]:
+    """Fill ``pretrain``'s unset method and input size for an importable arch.
+
+    The ViT recipe: ``dino`` at the architecture's native input size (224 px for
+    DinoBloom and DINOv2); house backbones keep the device recipe's (``None``).
+
+    Returns:
+        ``(method, crop_px)``.
+
+    Examples:
+        >>> vit_recipe_defaults("dinobloom-s", None, None)
+        ('dino', 224)
+        >>> vit_recipe_defaults("tiny", None, None)
+        (None, None)
+    """
+    if not is_foundation_arch(backbone):
+        return method, crop_px
+    spec = parse_arch(backbone)
+    return method or VIT_RECIPE_METHOD, crop_px or spec.input_px
+
+
+def pretrain_preprocessing(
+    backbone: str, crop_px: int, fov_um: float = DEFAULT_FOV_UM
+) -> Preprocessing:
+    """Return the preprocessing ``pretrain`` trains ``backbone`` with.
+
+    An importable architecture keeps its family's normalisation and µm/px policy
+    (:func:`foundation_preprocessing`); a house backbone gets
+    ``Preprocessing.for_input(crop_px, fov_um)``.
+    """
+    if is_foundation_arch(backbone):
+        return foundation_preprocessing(backbone, crop_px, fov_um=fov_um)
+    return Preprocessing.for_input(crop_px, fov_um)
