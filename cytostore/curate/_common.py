@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from cytostore.heads._data import Cells, load_cells, missing_label
-from cytostore.store import Store
+from cytostore.errors import EmptySelectionError, UnknownColumnError
+from cytostore.store import Store, safe_identifier
 
 __all__ = [
     "GROUP_COLUMNS",
+    "Cells",
     "cells_with",
     "groups_of",
+    "missing",
+    "open_store",
     "other_group_neighbors",
     "tiles",
     "unit_rows",
@@ -24,6 +30,48 @@ logger = logging.getLogger(__name__)
 
 #: The columns that say which patient a cell comes from.
 GROUP_COLUMNS = ("dataset", "patient_id")
+_MISSING = {"", "nan", "none", "null", "na", "n/a"}
+
+
+def missing(value: Any) -> bool:
+    """Return whether a value counts as unset (None, NaN, empty, 'nan', 'NA', ...).
+
+    The same rule as the heads' labels (:func:`cytostore.heads._data.missing_label`),
+    kept here so that ``select`` does not import the heads (and torch).
+
+    Examples:
+        >>> [missing(v) for v in (None, float("nan"), " NA ", "BLA")]
+        [True, True, True, False]
+    """
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return bool(np.isnan(value))
+    return str(value).strip().lower() in _MISSING
+
+
+@dataclass
+class Cells:
+    """Embedded cells with metadata columns, row-aligned.
+
+    Attributes:
+        ids: int64 (n,) cell ids, in the set's row order.
+        X: (n, dim) vectors in the stored dtype.
+        meta: ``{column: object array (n,)}``.
+    """
+
+    ids: npt.NDArray[np.int64]
+    X: npt.NDArray[Any]
+    meta: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
+
+    def take(self, rows: npt.NDArray[np.int64]) -> Cells:
+        """Return the subset of rows (indices)."""
+        return Cells(
+            self.ids[rows], self.X[rows], {k: v[rows] for k, v in self.meta.items()}
+        )
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
 
 
 def cells_with(
@@ -35,17 +83,45 @@ def cells_with(
     """Return the embedded cells ``where`` selects with ``columns`` and the groups.
 
     Raises:
-        UnknownColumnError, InvalidWhereError, EmptySelectionError,
-        UnknownEmbeddingSetError: See :func:`cytostore.heads._data.load_cells`.
+        UnknownColumnError: If a column is not in ``cell_meta``.
+        InvalidWhereError: If ``where`` is invalid.
+        EmptySelectionError: If no embedded cell matches.
+        UnknownEmbeddingSetError: If the model has no vectors.
     """
-    return load_cells(store, model, where, [*columns, *GROUP_COLUMNS])
+    have = set(store.columns("cell_meta"))
+    cols = list(dict.fromkeys([*columns, *GROUP_COLUMNS]))
+    for c in cols:
+        safe_identifier(c)
+        if c not in have:
+            raise UnknownColumnError.for_name(
+                "column",
+                c,
+                have,
+                "name a column of cell_meta ('cytostore sql STORE \"DESCRIBE "
+                "cell_meta\"')",
+            )
+    ids, X = store.vectors(model, where)
+    if ids.size == 0:
+        raise EmptySelectionError(f"--where {where!r} selects no embedded cell")
+    rows = store.cell_meta(ids, cols).rows  # in the order of ids
+    meta: dict[str, npt.NDArray[Any]] = {}
+    for j, c in enumerate(cols):
+        col = np.empty(len(rows), dtype=object)
+        col[:] = [r[j] for r in rows]
+        meta[c] = col
+    if len(rows) != ids.size:
+        raise EmptySelectionError(
+            "some vectors belong to cells missing from the catalog: run "
+            "'cytostore verify STORE'"
+        )
+    return Cells(np.asarray(ids, np.int64), X, meta)
 
 
 def groups_of(cells: Cells) -> npt.NDArray[np.object_]:
     """Return each cell's patient as ``"dataset/patient_id"`` (``None``: none)."""
     out = np.empty(len(cells), dtype=object)
     out[:] = [
-        None if missing_label(p) else f"{d}/{p}"
+        None if missing(p) else f"{d}/{p}"
         for d, p in zip(cells.meta["dataset"], cells.meta["patient_id"], strict=True)
     ]
     return out
@@ -132,3 +208,12 @@ def tiles(store: Store, cell_ids: npt.ArrayLike) -> dict[int, npt.NDArray[np.uin
 def plain(value: Any) -> Any:
     """Return numpy scalars as Python values (for JSON reports)."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+def open_store(store: Store | str | os.PathLike[str]) -> Store:
+    """Return ``store`` itself, or the store opened at that path.
+
+    Raises:
+        StoreNotFoundError: If there is no store there.
+    """
+    return store if isinstance(store, Store) else Store.open(Path(store))

@@ -41,12 +41,13 @@ from cytostore._knn import TEMPERATURE, knn_vote
 from cytostore.curate._common import (
     cells_with,
     groups_of,
+    missing,
+    open_store,
     other_group_neighbors,
     plain,
     tiles,
 )
 from cytostore.errors import InvalidArgumentError, LabelError
-from cytostore.heads._data import missing_label, open_store
 from cytostore.heads.evaluate import cross_validate, make_folds
 from cytostore.heads.linear import LinearProbe
 from cytostore.store import Store, check_run_name, write_label_issues
@@ -311,7 +312,7 @@ def audit(
         )
     cells = cells_with(st, model, where, [label])
     values = cells.meta[label]
-    keep = np.asarray([not missing_label(v) for v in values], dtype=bool)
+    keep = np.asarray([not missing(v) for v in values], dtype=bool)
     cells = cells.take(np.flatnonzero(keep))
     given = np.asarray([str(v) for v in cells.meta[label]], dtype=object)
     classes, counts = np.unique(given.astype(str), return_counts=True)

@@ -38,9 +38,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cytostore.curate._common import cells_with, tiles, unit_rows
+from cytostore.curate._common import (
+    cells_with,
+    missing,
+    open_store,
+    tiles,
+    unit_rows,
+)
 from cytostore.errors import InvalidArgumentError
-from cytostore.heads._data import missing_label, open_store
 from cytostore.store import Store, check_run_name, write_selection
 
 __all__ = [
@@ -414,7 +419,7 @@ def select(
     cells = cells_with(st, model, where, columns + ["path"])
     if exclude_labelled:
         labelled = np.asarray(
-            [not missing_label(v) for v in cells.meta[exclude_labelled]], dtype=bool
+            [not missing(v) for v in cells.meta[exclude_labelled]], dtype=bool
         )
     else:
         labelled = np.zeros(len(cells), dtype=bool)
@@ -523,7 +528,7 @@ def select(
 
 
 def _key(value: Any) -> str:
-    return "(none)" if missing_label(value) else str(value)
+    return "(none)" if missing(value) else str(value)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
