@@ -84,7 +84,9 @@ def compare(
 
     Every model is evaluated on the cells all of them embed, with the same folds,
     so the differences are the models'. Prints one row per model and head (mean
-    ± sd over folds) and writes a PNG; saves nothing in the store.
+    ± sd over folds) with the model's neighbourhood mixing scores (dataset: batch
+    effect, lower is better; label: higher is better), writes a PNG, and saves
+    nothing in the store.
 
     \b
     Example:
@@ -120,10 +122,11 @@ def compare(
     else:
         columns += [c for m in _METRICS for c in (m, f"{m}_sd")]
         rows = [[r.get(c) for c in columns] for r in report.rows]
-    if report.mixing is not None:
-        columns.append("mixing")
+    if report.mixing is not None:  # per model: batch effects and biology
+        columns += ["mixing_dataset", "mixing_label"]
         for row, r in zip(rows, report.rows, strict=True):
-            row.append(report.mixing.get(r["model"]))
+            mix = report.mixing.get(r["model"], {})
+            row += [mix.get("dataset"), mix.get("label")]
     echo_result(render_result(doc, fmt, columns, rows))
     best = report.best("linear")
     echo_summary(

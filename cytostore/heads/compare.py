@@ -52,7 +52,9 @@ class CompareReport:
         bag_label: The patient label column of the MIL rows (``None``: no MIL).
         rows: ``{"model", "head", "n", <metric>, <metric>_sd, ...}`` per row.
         excluded: Cells left out, by reason.
-        mixing: The store's mixing score per model (``None``: not available).
+        mixing: The store's neighbourhood mixing score per model on the same cells:
+            ``{model: {"dataset", "patient", "label"}}`` (batch effects: lower is
+            better; label: higher is better); ``None`` where the store has none.
         png: The figure written (``None``: none asked).
     """
 
@@ -65,7 +67,7 @@ class CompareReport:
     bag_label: str | None
     rows: list[dict[str, Any]]
     excluded: dict[str, Any] = field(default_factory=dict)
-    mixing: dict[str, float] | None = None
+    mixing: dict[str, dict[str, float | None]] | None = None
     png: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,8 +169,12 @@ def compare(
     n_steps = len(names) * (len(_CELL_HEADS) + (1 if mil_parts else 0))
     done = 0
     rows: list[dict[str, Any]] = []
+    mixing: dict[str, dict[str, float | None]] = {}
     for m in names:
         X = np.asarray(cells[m].X, dtype=np.float32)
+        mix = _mixing(X, base, y, groups, seed)
+        if mix is not None:
+            mixing[m] = mix
         for kind in _CELL_HEADS:
             factory = partial(make_head, kind, seed=seed, device=device, k=k)
             cv = cross_validate(factory, X, y, groups, plan.folds)
@@ -198,7 +204,7 @@ def compare(
         bag_label=bag_label if mil_parts is not None else None,
         rows=rows,
         excluded=excluded,
-        mixing=_mixing(st, names, label, where),
+        mixing=mixing or None,
     )
     if png is not None:
         report.png = str(compare_png(report, png))
@@ -285,22 +291,25 @@ def _row(model: str, head: str, n: int, summary: Any) -> dict[str, Any]:
 
 
 def _mixing(
-    st: Store, models: list[str], label: str, where: str | None
-) -> dict[str, float] | None:
-    """The store's neighbourhood mixing score per model, where the store has one."""
+    X: npt.NDArray[np.float32],
+    cells: Cells,
+    y: npt.NDArray[np.str_],
+    groups: list[str | None] | None,
+    seed: int,
+) -> dict[str, float | None] | None:
+    """The store's neighbourhood mixing score of one model (``None``: not in store).
+
+    ``dataset`` and ``patient`` are batch effects (lower is better), ``label`` is
+    biology (higher is better); see :mod:`cytostore.store` ``mixing_score``.
+    """
     import cytostore.store as store_api
 
     fn = getattr(store_api, "mixing_score", None)
-    if fn is None:
+    if fn is None:  # the curation issue's score is not in this version of the store
         return None
-    out: dict[str, float] = {}
-    for m in models:
-        try:
-            out[m] = float(fn(st, m, label=label, where=where))
-        except TypeError:  # a signature this module does not know: leave it out
-            logger.warning("the store's mixing_score has another signature: skipped")
-            return None
-    return out
+    datasets = [str(d) for d in cells.meta["dataset"]]
+    report = fn(X, datasets, patients=groups, labels=list(y), seed=seed)
+    return {term: report.get(term) for term in ("dataset", "patient", "label")}
 
 
 def compare_png(report: CompareReport, out: str | os.PathLike[str]) -> Path:

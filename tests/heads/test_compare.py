@@ -109,7 +109,7 @@ def test_compare_cli__table_json_and_png(
         assert doc["png"] == str(png)
     else:
         lines = out.splitlines()
-        assert lines[0].split() == [
+        assert lines[0].split()[:8] == [
             "model", "head", "n", "balanced", "accuracy", "macro", "f1", "accuracy",
         ]  # fmt: skip
         assert lines[2].startswith("random-tiny  linear  120 ") and " ± " in lines[2]
@@ -131,3 +131,26 @@ def test_compare_cli__errors(
     assert run.exit_code == code, run.output
     (line,) = [ln for ln in run.output.splitlines() if ln.startswith("Error:")]
     assert message in line
+
+
+def test_compare__mixing_score_of_each_model_when_the_store_has_one(
+    store3: Path,
+) -> None:
+    import cytostore.store as store_api
+
+    report = compare(store3, ["random-tiny"], "label", where=MLL, folds=2)
+    if not hasattr(store_api, "mixing_score"):
+        assert report.mixing is None
+        return
+    store = Store.open(store3)
+    ids, X = store.vectors("random-tiny", MLL)
+    meta = store.cell_meta(ids, ["dataset", "patient_id", "label"]).rows
+    want = store_api.mixing_score(
+        X,
+        [r[0] for r in meta],
+        patients=[f"{r[0]}/{r[1]}" for r in meta],
+        labels=[r[2] for r in meta],
+    )
+    assert report.mixing == {
+        "random-tiny": {t: want[t] for t in ("dataset", "patient", "label")}
+    }
