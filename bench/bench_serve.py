@@ -467,6 +467,7 @@ def measure(
             pid = proc.pid
             res["rss_up"] = _proc_status(pid, "VmRSS")
             res["anon_up"] = _proc_status(pid, "RssAnon")
+            res["file_up"] = _proc_status(pid, "RssFile")
             # Warm-up: the set loaded in the server, the grid pages loaded once.
             _closed_loop(CLIENTS, 2.0, _api(port, n, seed + 1))
             _warm_pages(port)
@@ -607,11 +608,12 @@ def markdown(res: dict[str, Any]) -> str:
         f"{res['rss_mid'] / mib:.0f} → {res['rss_end'] / mib:.0f} MiB: "
         f"{growth:+.1%} over the run ({'within' if growth <= TARGET_MEM else 'over'}"
         f" {TARGET_MEM:.0%}); the difference is `RssFile`, "
-        f"{res['file_start'] / mib:.0f} → {res['file_end'] / mib:.0f} MiB: pages "
-        "of the store's vector and id files, memory-mapped read-only, that "
-        "`Store.search` touches to look a query cell's row up; each search of a "
-        "cell not searched before maps a few more (page cache, shared with other "
-        "readers, reclaimable), up to the files' size, "
+        f"{res['file_up'] / mib:.0f} MiB when up (the libraries' code) → "
+        f"{res['file_start'] / mib:.0f} → {res['file_end'] / mib:.0f} MiB: the "
+        "rest are pages of the store's vector and id files, memory-mapped "
+        "read-only, that `Store.search` touches to look a query cell's row up; "
+        "each search of a cell not searched before maps a few more (page cache, "
+        "shared with other readers, reclaimable), up to the files' size, "
         f"{res['mapped'] / mib:.0f} MiB, which bounds it. Peak (`VmHWM`) "
         f"{res['rss_hwm'] / mib:.0f} MiB ({res['hwm_warm'] / mib:.0f} MiB of it "
         f"by the end of the warm-up). Server CPU: {cpu_ms:.1f} ms "

@@ -36,7 +36,7 @@ from cytostore.errors import (
     UploadTooLargeError,
     WriteRefusedError,
 )
-from cytostore.serve import api, pages
+from cytostore.serve import api, curation_routes, pages
 from cytostore.serve.cache import CatalogCache
 from cytostore.serve.images import ThumbnailCache
 from cytostore.serve.security import Guard
@@ -153,6 +153,7 @@ def create_app(
     app = Starlette(
         routes=[
             *pages.ROUTES,
+            *curation_routes.ROUTES,
             *api.ROUTES,
             Mount(
                 "/static", StaticFiles(directory=str(_HERE / "static")), name="static"

@@ -12,7 +12,6 @@ files are unchanged (``cytostore serve`` does).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from cytostore.errors import InvalidArgumentError, UnknownColumnError
 from cytostore.store.catalog import QueryResult, safe_identifier
 from cytostore.store.sandbox import where_query
+from cytostore.store.search import _catalog_stamp
 
 if TYPE_CHECKING:
     from cytostore.store.catalog import Catalog
@@ -42,9 +42,11 @@ def catalog_stamp(store: Catalog, settle_s: float = SETTLE_S) -> tuple[Any, ...]
     or its write-ahead log ``catalog.duckdb.wal`` (DuckDB appends each commit to
     the log and folds it into the file at a checkpoint), so the files' inode, size
     and modification time stand for the catalog's state: results read *after*
-    taking a stamp may be kept under it. A file changed within ``settle_s`` is too
-    fresh to vouch for (a second write in the same clock tick could leave all three
-    equal), and then the stamp is ``None``: read again, keep nothing.
+    taking a stamp may be kept under it (the same stamp as the searcher cache's,
+    :class:`~cytostore.store.search.SearcherCache`). A file changed within
+    ``settle_s`` is too fresh to vouch for (a second write in the same clock tick
+    could leave all three equal), and then the stamp is ``None``: read again, keep
+    nothing.
 
     Args:
         store: The store (or its catalog).
@@ -62,21 +64,11 @@ def catalog_stamp(store: Catalog, settle_s: float = SETTLE_S) -> tuple[Any, ...]
         >>> catalog_stamp(store, settle_s=0) == catalog_stamp(store, settle_s=0)
         True
     """
-    now = time.time()
-    stamp: list[Any] = []
-    for path in (
-        store.catalog_path,
-        store.catalog_path.with_name(store.catalog_path.name + ".wal"),
-    ):
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            stamp.append(None)
-            continue
-        if now - st.st_mtime < settle_s:
-            return None
-        stamp.append((st.st_ino, st.st_size, st.st_mtime_ns))
-    return tuple(stamp)
+    stamp = _catalog_stamp(store)
+    fresh_ns = time.time_ns() - int(settle_s * 1e9)
+    if any(part is not None and part[2] > fresh_ns for part in stamp):
+        return None
+    return stamp
 
 
 def _filter(where: str | None) -> str:

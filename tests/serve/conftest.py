@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from cytostore.store import Store
@@ -51,6 +52,66 @@ class DemoStore:
     mil_head: str
     patient: tuple[str, str]  # (dataset, patient_id) of a patient with a MIL bag
     images: Path  # the synthetic image tree the store was ingested from
+    audit_run: str = "label-audit"  # curation runs (see write_curation_runs)
+    select_run: str = "to-annotate"
+    map_run: str = "pca"
+
+
+def write_curation_runs(store: Store, model: str) -> None:
+    """Write one audit, one select and one map run through the store's writers.
+
+    The audit ranks 30 labelled cells (every 7th) with a suggested label that
+    differs from the given one;
+    the selection is 40 cells far apart in the model's space (greedy k-centre);
+    the map is the vectors' first two principal components.
+    """
+    from cytostore.store import write_label_issues, write_map, write_selection
+
+    ids, X = store.vectors(model)
+    X = np.asarray(X, np.float64)
+    meta = store.cell_meta(ids, ["cell_id", "label"]).rows
+    labelled = [(int(c), str(lab)) for c, lab in meta if lab is not None]
+    labels = sorted({lab for _, lab in labelled})
+    chosen = labelled[::7][:30]
+    n = len(chosen)
+    write_label_issues(
+        store,
+        DemoStore.audit_run,
+        model=model,
+        label_column="label",
+        params={"k": 5, "folds": 2},
+        cell_ids=[c for c, _ in chosen],
+        given_label=[lab for _, lab in chosen],
+        suggested_label=[
+            labels[(labels.index(lab) + 1) % len(labels)] for _, lab in chosen
+        ],
+        score=np.linspace(0.95, 0.40, n),
+        rank=np.arange(1, n + 1),
+        neighbor_agreement=np.linspace(0.0, 0.6, n),
+        is_issue=np.arange(n) < 10,
+    )
+    picked = [0]
+    dist = np.linalg.norm(X - X[0], axis=1)
+    while len(picked) < 40:
+        nxt = int(np.argmax(dist))
+        picked.append(nxt)
+        dist = np.minimum(dist, np.linalg.norm(X - X[nxt], axis=1))
+    write_selection(
+        store,
+        DemoStore.select_run,
+        model=model,
+        strategy="diversity",
+        params={"n": 40},
+        cell_ids=ids[picked],
+        rank=np.arange(1, 41),
+        score=np.linspace(1.0, 0.1, 40),
+    )
+    centred = X - X.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ vt[:2].T
+    write_map(
+        store, DemoStore.map_run, model, {"method": "pca"}, ids, xy[:, 0], xy[:, 1]
+    )
 
 
 @dataclass(frozen=True)
@@ -105,6 +166,7 @@ def demo_store(
         "GROUP BY ALL ORDER BY patient_id LIMIT 1"
     ).rows
     dataset, patient = rows[0]
+    write_curation_runs(store, "random-tiny")
     return DemoStore(
         root=root,
         models=("random-tiny", "random-tiny-b"),

@@ -31,7 +31,10 @@ SCREENSHOT_MAX_BYTES = 100_000
 #: Grey-level standard deviation below which a screenshot counts as blank.
 BLANK_STD = 8.0
 _SCREENSHOTS_DIR = os.environ.get("WEB_SCREENSHOTS")
+#: Every rendered image in the viewport has loaded (one inside a closed <details>
+#: is not rendered, so a lazy one there never loads: left out).
 _IMAGES_IN_VIEW_LOADED = """() => Array.from(document.images)
+    .filter(i => i.checkVisibility())
     .filter(i => i.getBoundingClientRect().top < window.innerHeight)
     .every(i => i.complete && i.naturalWidth > 0)"""
 
@@ -243,3 +246,70 @@ def test_serve__embed_probe_tag_and_sql_succeed_while_serving(
     assert query.returncode == 0, query.stderr
     assert query.stdout.split() == ["cell_id", "7"]
     assert "cli-while-serving" in server.get_json("/api/cells/7")["tags"]
+
+
+def test_curation__review_queue_and_map_box_to_grid(
+    page: Any, private_server: LiveServer
+) -> None:
+    server = private_server
+    store = Store.open(server.store.root)
+    run = server.store.audit_run
+    page.goto(server.url + "/curation")
+    page.click(f"#runs-audit a:text-is('{run}')")
+    page.wait_for_url(f"**/curation/label-issues/{run}")
+    queue = [int(r[1]) for r in store.sql(
+        "SELECT rank, cell_id FROM label_issues WHERE run = ? ORDER BY rank, cell_id",
+        [run],
+    ).rows]  # fmt: skip
+    shown = _ids(page, ".issue")
+    assert shown == queue[: len(shown)] and len(shown) == 20
+    first = page.locator(".issue").first
+    assert first.locator(".lookalike").count() == 5
+    _check_screenshot(page, "review-queue")
+    with page.expect_response("**/api/tags") as answer:
+        first.locator("button.mark[data-verdict='label-wrong']").click()
+    assert answer.value.status == 200, answer.value.text()
+    tags = store.cell_meta([queue[0]], ["tags"]).rows[0][0]
+    assert sorted(tags) == ["label-wrong", "reviewed"]
+    page.reload()
+    assert _ids(page, ".issue")[0] == queue[1]  # reviewed: out of the queue
+
+    map_run = server.store.map_run
+    page.goto(server.url + f"/curation/maps/{map_run}?color=label")
+    n = len(store.sql("SELECT cell_id FROM maps WHERE run = ?", [map_run]).rows)
+    page.wait_for_function(f"document.querySelector('#map').dataset.points == '{n}'")
+    assert page.locator("#map-legend div").count() >= 2
+    _check_screenshot(page, "map")
+    box = page.locator("#map").bounding_box()
+    assert box is not None
+    # a click on a point opens its cell (the nearest point, within 8 canvas px)
+    ids, xs, ys = page.evaluate(
+        "() => [cytostoreMap.ids, Array.from(cytostoreMap.px), "
+        "Array.from(cytostoreMap.py)]"
+    )
+    scale = box["width"] / 760
+    page.mouse.click(box["x"] + xs[0] * scale, box["y"] + ys[0] * scale)
+    page.wait_for_url("**/cells/*")
+    opened = int(page.url.rsplit("/", 1)[1].split("?")[0])
+    near = {
+        cell
+        for cell, x, y in zip(ids, xs, ys, strict=True)
+        if (x - xs[0]) ** 2 + (y - ys[0]) ** 2 <= 64
+    }
+    assert opened in near
+    # a dragged box opens the grid filtered to the cells inside it
+    page.goto(server.url + f"/curation/maps/{map_run}?color=label")
+    page.wait_for_function(f"document.querySelector('#map').dataset.points == '{n}'")
+    x0, y0 = box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.2
+    x1, y1 = box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.8
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2)
+    page.mouse.move(x1, y1)
+    page.mouse.up()
+    page.wait_for_url("**/cells?where=*")
+    where = page.locator("#where").input_value()
+    assert f"FROM maps WHERE run = '{map_run}'" in where
+    inside = store.where_ids(where, empty_ok=True).tolist()
+    assert 0 < len(inside) < n
+    assert sorted(_ids(page, ".cell-thumb")) == inside[:100]

@@ -31,6 +31,31 @@ async function changeTags(which) {
   }
 }
 
+async function markReviewed(button) {
+  // The review queue: tag the cell "reviewed" plus its verdict (label-ok / label-wrong).
+  const row = button.closest(".issue");
+  const status = document.getElementById("review-status");
+  const verdict = button.dataset.verdict;
+  const other = Array.from(row.querySelectorAll("button.mark")).map((b) => b.dataset.verdict).filter((v) => v !== verdict);
+  const body = { cell_ids: [Number(row.dataset.cellId)], add: ["reviewed", verdict], remove: other };
+  try {
+    const resp = await fetch("/api/tags", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+      credentials: "same-origin",
+    });
+    const data = await resp.json();
+    if (!resp.ok) { status.textContent = "Error: " + data.error; status.className = "error"; return; }
+    row.classList.add("reviewed");
+    row.querySelector(".tags").textContent = ["reviewed", verdict].join(", ");
+    status.className = "";
+    status.textContent = `cell ${row.dataset.cellId}: ${verdict}`;
+  } catch (err) {
+    status.textContent = "Error: " + err;
+  }
+}
+
 function drawScaleBar() {
   const img = document.getElementById("cell-image");
   const bar = document.getElementById("scale-bar");
@@ -56,6 +81,7 @@ document.addEventListener("DOMContentLoaded", () => {
   if (remove) remove.addEventListener("click", () => changeTags("remove"));
   const model = document.querySelector("#nn-form #model");
   if (model) model.addEventListener("change", () => model.form.submit());
+  document.querySelectorAll(".issue button.mark").forEach((b) => b.addEventListener("click", () => markReviewed(b)));
   const img = document.getElementById("cell-image");
   if (img) { if (img.complete) drawScaleBar(); else img.addEventListener("load", drawScaleBar); }
 });

@@ -1,0 +1,429 @@
+"""What the curation pages show: label issues, selections and maps, by run.
+
+The curation commands (``cytostore audit``, ``select``, ``map``) write runs into
+the catalog (:mod:`cytostore.store.curation`); these functions read them for the
+pages and the JSON API, like :mod:`cytostore.serve.views` does for the rest:
+
+- **label issues** as a review queue: ranked suspects with given vs suggested
+  label, score and neighbour agreement, each beside its nearest cells from other
+  patients (with their labels), and whether it was reviewed (the ``reviewed`` tag,
+  written through the tags writer like any tag);
+- **selections**: the ranked cells, and a CSV of their image paths for an
+  annotation tool;
+- **maps**: the points of a 2-D map coloured by a ``cell_meta`` column, and the
+  sandboxed filter selecting the cells inside a box of the map (so the grid can
+  show them).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any
+
+import numpy as np
+
+from cytostore._json import jsonable
+from cytostore.errors import (
+    CytostoreError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnknownColumnError,
+)
+from cytostore.serve.cache import CatalogCache
+from cytostore.serve.views import _int
+from cytostore.store import (
+    Store,
+    curation_runs,
+    read_map,
+)
+
+__all__ = [
+    "LOOKALIKES",
+    "MAX_MAP_POINTS",
+    "REVIEWED_TAG",
+    "VERDICT_TAGS",
+    "label_issues",
+    "map_box_where",
+    "map_points",
+    "runs",
+    "selection",
+    "selection_csv",
+]
+
+#: Suspects per page of the review queue.
+REVIEW_PAGE = 20
+#: Look-alikes shown beside each suspect.
+LOOKALIKES = 5
+#: Tag of a reviewed suspect; the verdict adds one of :data:`VERDICT_TAGS`.
+REVIEWED_TAG = "reviewed"
+VERDICT_TAGS = ("label-ok", "label-wrong")
+#: Cells per page of a selection.
+SELECTION_PAGE = 100
+#: Most points a map sends to the page (a seeded sample beyond; boxes still
+#: select among all points, by the filter of :func:`map_box_where`).
+MAX_MAP_POINTS = 50_000
+#: Distinct values coloured one by one; the rest are "other".
+MAX_CATEGORIES = 12
+
+
+def runs(store: Store) -> dict[str, Any]:
+    """Return ``{"runs": [...]}``: every curation run, newest first.
+
+    Each run: ``kind`` (``audit``/``select``/``map``), ``run``, ``model``,
+    ``params``, ``created_at``, ``rows``.
+    """
+    return jsonable({"runs": curation_runs(store)})
+
+
+def _run(store: Store, kind: str, run: str) -> dict[str, Any]:
+    """Return run ``(kind, run)``'s ``curation_runs`` row.
+
+    Raises:
+        NotFoundError: If there is none (naming close matches).
+    """
+    known = curation_runs(store, kind)
+    for r in known:
+        if r["run"] == run:
+            return r
+    command = {"audit": "audit", "select": "select", "map": "map"}[kind]
+    raise NotFoundError.for_name(
+        f"{kind} run",
+        run,
+        [r["run"] for r in known],
+        f"run 'cytostore {command} STORE ... --name {run}' first",
+        where=str(store.root),
+    )
+
+
+def _quote(value: Any) -> str:
+    """Return ``value`` as a SQL string literal (for a sandboxed filter)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def other_patients(dataset: str, patient_id: str | None) -> str | None:
+    """Return the filter leaving out a cell's own patient (``None``: no patient).
+
+    Examples:
+        >>> other_patients("lmu", "P'1")
+        "NOT (dataset = 'lmu' AND patient_id = 'P''1')"
+    """
+    if patient_id is None:
+        return None
+    return f"NOT (dataset = {_quote(dataset)} AND patient_id = {_quote(patient_id)})"
+
+
+def _lookalikes(
+    store: Store, cell_id: int, dataset: str, patient_id: str | None, model: str,
+    label_column: str, k: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Return a suspect's k nearest cells from other patients, with their labels."""
+    from cytostore.embedder import search
+
+    try:
+        result = search(
+            store,
+            cell=int(cell_id),
+            model=model,
+            k=k,
+            where=other_patients(dataset, patient_id),
+        )
+    except CytostoreError as exc:  # e.g. the model's set is gone: said in place
+        return {"error": str(exc), "cells": []}
+    hits = result.dicts()
+    ids = [h["cell_id"] for h in hits]
+    labels = dict(store.cell_meta(ids, ["cell_id", label_column]).rows) if ids else {}
+    return {
+        "error": None,
+        "cells": [
+            {
+                "cell_id": h["cell_id"],
+                "similarity": h["similarity"],
+                "label": labels.get(h["cell_id"]),
+                "dataset": h["dataset"],
+                "patient_id": h["patient_id"],
+            }
+            for h in hits
+        ],
+    }
+
+
+def label_issues(
+    store: Store,
+    run: str,
+    limit: Any = REVIEW_PAGE,
+    offset: Any = 0,
+    k: Any = LOOKALIKES,
+    reviewed: str | None = None,
+) -> dict[str, Any]:
+    """Return a page of an audit run's review queue.
+
+    Args:
+        store: The store.
+        run: The audit run.
+        limit: Suspects per page (1..200).
+        offset: Suspects skipped (by rank).
+        k: Look-alikes per suspect (0..20; 0: none).
+        reviewed: ``"hide"`` (default): leave out cells tagged ``reviewed``;
+            ``"only"``: only those; ``"show"``: all.
+
+    Returns:
+        ``{"run", "model", "label_column", "params", "total", "reviewed",
+        "limit", "offset", "issues": [...]}``: ``total`` counts the suspects the
+        ``reviewed`` choice keeps, ``reviewed`` the run's reviewed cells; each
+        issue has ``rank``, ``cell_id``, ``given_label``, ``suggested_label``,
+        ``score``, ``neighbor_agreement``, ``is_issue``, ``dataset``,
+        ``patient_id``, ``tags`` and ``lookalikes`` (``{"error", "cells"}``).
+
+    Raises:
+        NotFoundError: If there is no audit run of that name.
+        InvalidArgumentError: Bad ``limit``/``offset``/``k``/``reviewed``.
+    """
+    n = _int(limit, "limit", 1, 200, REVIEW_PAGE)
+    skip = _int(offset, "offset", 0, 10**12, 0)
+    n_look = _int(k, "k", 0, 20, LOOKALIKES)
+    mode = reviewed or "hide"
+    if mode not in ("hide", "only", "show"):
+        raise InvalidArgumentError(
+            f"reviewed must be hide, only or show, got {reviewed!r}"
+        )
+    with store.connect(read_only=True):  # one catalog visit for the queue
+        info = _run(store, "audit", run)
+        tagged = f"list_contains(m.tags, {_quote(REVIEWED_TAG)})"
+        keep = {"hide": f"AND NOT {tagged}", "only": f"AND {tagged}", "show": ""}
+        base = "FROM label_issues i JOIN cell_meta m USING (cell_id) WHERE i.run = ? "
+        counts = store.sql(
+            f"SELECT count(*) FILTER (WHERE TRUE {keep[mode]}), "
+            f"count(*) FILTER (WHERE {tagged}), any_value(i.model), "
+            f"any_value(i.label_column) {base}",
+            [run],
+        ).rows[0]
+        rows = store.sql(
+            "SELECT i.rank, i.cell_id, i.given_label, i.suggested_label, i.score, "
+            "i.neighbor_agreement, i.is_issue, m.dataset, "
+            f"m.patient_id, m.tags {base}{keep[mode]} "
+            "ORDER BY i.rank, i.cell_id LIMIT ? OFFSET ?",
+            [run, n, skip],
+        ).dicts()
+    model = info["model"] or counts[2]
+    label_column = counts[3] or "label"
+    for r in rows:
+        r["lookalikes"] = (
+            _lookalikes(
+                store,
+                r["cell_id"],
+                r["dataset"],
+                r["patient_id"],
+                model,
+                label_column,
+                n_look,
+            )  # fmt: skip
+            if n_look and model
+            else {"error": None, "cells": []}
+        )
+    return jsonable(
+        {
+            "run": run,
+            "model": model,
+            "label_column": label_column,
+            "params": info["params"],
+            "created_at": info["created_at"],
+            "total": int(counts[0]),
+            "reviewed": int(counts[1]),
+            "limit": n,
+            "offset": skip,
+            "issues": rows,
+        }
+    )
+
+
+def selection(
+    store: Store, run: str, limit: Any = SELECTION_PAGE, offset: Any = 0
+) -> dict[str, Any]:
+    """Return a page of a select run: its cells by rank.
+
+    Returns:
+        ``{"run", "model", "params", "total", "limit", "offset", "cells"}``; each
+        cell has ``rank``, ``cell_id``, ``score``, ``strategy``, ``dataset``,
+        ``patient_id``, ``label``, ``cell_type``, ``tags``.
+
+    Raises:
+        NotFoundError: If there is no select run of that name.
+        InvalidArgumentError: Bad ``limit``/``offset``.
+    """
+    n = _int(limit, "limit", 1, 10_000, SELECTION_PAGE)
+    skip = _int(offset, "offset", 0, 10**12, 0)
+    with store.connect(read_only=True):
+        info = _run(store, "select", run)
+        have = set(store.columns("cell_meta"))
+        extra = [c for c in ("label", "cell_type", "tags") if c in have]
+        cols = "".join(f', m."{c}"' for c in extra)
+        base = "FROM selections s JOIN cell_meta m USING (cell_id) WHERE s.run = ?"
+        total = int(store.sql(f"SELECT count(*) {base}", [run]).rows[0][0])
+        cells = store.sql(
+            "SELECT s.rank, s.cell_id, s.score, s.strategy, m.dataset, m.patient_id"
+            f"{cols} {base} ORDER BY s.rank, s.cell_id LIMIT ? OFFSET ?",
+            [run, n, skip],
+        ).dicts()
+    return jsonable(
+        {
+            "run": run,
+            "model": info["model"],
+            "params": info["params"],
+            "created_at": info["created_at"],
+            "total": total,
+            "limit": n,
+            "offset": skip,
+            "cells": cells,
+        }
+    )
+
+
+def selection_csv(store: Store, run: str) -> str:
+    """Return a select run as CSV: rank, cell_id, score, dataset, label, path.
+
+    ``path`` is the absolute path of the cell's image file, resolved inside its
+    dataset's root (:meth:`Store.cell_paths`), ready for an annotation tool.
+
+    Raises:
+        NotFoundError: If there is no select run of that name.
+        StoreCorruptError: If a cell's path leads outside its dataset's root.
+    """
+    with store.connect(read_only=True):
+        _run(store, "select", run)
+        have = set(store.columns("cell_meta"))
+        label = ', m."label"' if "label" in have else ", NULL AS label"
+        rows = store.sql(
+            f"SELECT s.rank, s.cell_id, s.score, m.dataset{label} FROM selections s "
+            "JOIN cell_meta m USING (cell_id) WHERE s.run = ? "
+            "ORDER BY s.rank, s.cell_id",
+            [run],
+        ).rows
+        paths = store.cell_paths([r[1] for r in rows]) if rows else []
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["rank", "cell_id", "score", "dataset", "label", "path"])
+    for (rank, cell_id, score, dataset, lab), path in zip(rows, paths, strict=True):
+        writer.writerow([rank, cell_id, score, dataset, lab, str(path)])
+    return out.getvalue()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _map_data(store: Store, run: str, color: str | None) -> dict[str, Any]:
+    info = _run(store, "map", run)
+    ids, xy = read_map(store, run)
+    n = int(ids.size)
+    if n > MAX_MAP_POINTS:  # a seeded sample, the same on every visit
+        keep = np.sort(
+            np.random.default_rng(0).choice(n, MAX_MAP_POINTS, replace=False)
+        )
+        ids, xy = ids[keep], xy[keep]
+    values: list[Any] = []
+    kind, categories = None, []
+    if color:
+        if color not in store.columns("cell_meta"):
+            raise UnknownColumnError(
+                f"cannot colour by {color!r}: not a column of cell_meta; choose "
+                "one of the page's list"
+            )
+        got = dict(store.cell_meta(ids, ["cell_id", color]).rows)
+        raw = [got.get(int(i)) for i in ids.tolist()]
+        present = [v for v in raw if v is not None]
+        if present and all(_is_number(v) for v in present):
+            kind = "number"
+            values = [
+                None if v is None or not math.isfinite(float(v)) else float(v)
+                for v in raw
+            ]
+        else:
+            kind = "category"
+            keys = [None if v is None else str(v) for v in raw]
+            freq: dict[str, int] = {}
+            for key in keys:
+                if key is not None:
+                    freq[key] = freq.get(key, 0) + 1
+            categories = sorted(freq, key=lambda c: (-freq[c], c))[:MAX_CATEGORIES]
+            at = {c: i for i, c in enumerate(categories)}
+            values = [-1 if key is None else at.get(key, -2) for key in keys]
+    return {
+        "run": run,
+        "model": info["model"],
+        "params": info["params"],
+        "created_at": info["created_at"],
+        "n": n,
+        "shown": int(ids.size),
+        "color": color,
+        "kind": kind,
+        "categories": categories,
+        "cell_id": ids.tolist(),
+        "x": [round(float(v), 5) for v in xy[:, 0]],
+        "y": [round(float(v), 5) for v in xy[:, 1]],
+        "value": values,
+    }
+
+
+def map_points(
+    store: Store, run: str, color: str | None = None, cache: CatalogCache | None = None
+) -> dict[str, Any]:
+    """Return a map run's points, each coloured by a ``cell_meta`` column.
+
+    Returns:
+        ``{"run", "model", "params", "n", "shown", "color", "kind",
+        "categories", "cell_id", "x", "y", "value"}``: parallel lists; ``kind``
+        is ``"category"`` (``value``: index into ``categories``, -2 other, -1
+        missing), ``"number"`` (``value``: the number or null) or ``None`` (no
+        colour). At most :data:`MAX_MAP_POINTS` points are sent (``shown`` of
+        ``n``: a seeded sample).
+
+    Raises:
+        NotFoundError: If there is no map run of that name.
+        UnknownColumnError: If ``color`` is not a column of ``cell_meta``.
+    """
+    if cache is None:
+        with store.connect(read_only=True):
+            return jsonable(_map_data(store, run, color or None))
+    return jsonable(cache.get(_map_cached, run, color or None))
+
+
+def _map_cached(store: Store, run: str, color: str | None) -> dict[str, Any]:
+    with store.connect(read_only=True):
+        return _map_data(store, run, color)
+
+
+def map_box_where(run: str, x0: Any, x1: Any, y0: Any, y1: Any) -> str:
+    """Return the ``cell_meta`` filter selecting a map's cells inside a box.
+
+    The filter is the sandboxed ``--where`` of every page and command, so the
+    cells grid shows the selection (``/cells?where=...``), and the URL can be
+    shared.
+
+    Raises:
+        InvalidArgumentError: If a bound is not a finite number or the run name
+            is unusable.
+
+    Examples:
+        >>> map_box_where("m", 0, 1, 2, 3)
+        "cell_id IN (SELECT cell_id FROM maps WHERE run = 'm' AND x BETWEEN 0.0 AND 1.0 AND y BETWEEN 2.0 AND 3.0)"
+    """  # noqa: E501
+    from cytostore.store import check_run_name
+
+    check_run_name(run)
+    bounds = []
+    for name, v in (("x0", x0), ("x1", x1), ("y0", y0), ("y1", y1)):
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(f"{name} must be a number, got {v!r}") from None
+        if not math.isfinite(f):
+            raise InvalidArgumentError(f"{name} must be finite, got {v!r}")
+        bounds.append(f)
+    xa, xb = sorted(bounds[:2])
+    ya, yb = sorted(bounds[2:])
+    return (
+        f"cell_id IN (SELECT cell_id FROM maps WHERE run = {_quote(run)} AND x "
+        f"BETWEEN {xa!r} AND {xb!r} AND y BETWEEN {ya!r} AND {yb!r})"
+    )
