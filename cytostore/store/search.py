@@ -5,7 +5,11 @@ The filter is applied *before* the search: the selected cell ids become a FAISS
 within the subset. Where an approximate index (HNSW, IVF) returns fewer hits than the
 subset allows, those queries are answered by exact search over the subset's rows, so
 a filter never shortens a result. Rows committed after the index was last written are
-searched exactly and merged in.
+searched exactly and merged in. An index that stores compressed codes (``PQ``, ``SQ``)
+is asked for ``k_factor * k`` candidates (search parameter ``k_factor``, default
+:data:`~cytostore.store.index.DEFAULT_K_FACTOR`; 1 turns it off), which are re-ranked
+by their exact distances to the float rows read from the memory-mapped vector file, as
+FAISS's ``IndexRefine`` does, without holding the float matrix in memory.
 
 A :class:`SearcherCache` (one per :class:`~cytostore.store.Store`) keeps loaded sets
 between searches. A search without ``where`` on a cached set only looks at the
@@ -38,7 +42,13 @@ from cytostore.errors import (
     StoreCorruptError,
     UnknownCellError,
 )
-from cytostore.store.index import faiss_metric, index_path, load_index
+from cytostore.store.index import (
+    DEFAULT_K_FACTOR,
+    faiss_metric,
+    index_path,
+    is_lossy,
+    load_index,
+)
 from cytostore.store.vectors import (
     EmbeddingSet,
     get_set,
@@ -56,6 +66,11 @@ __all__ = ["search", "Searcher", "SearcherCache", "to_similarity"]
 logger = logging.getLogger(__name__)
 
 _EXACT_CHUNK_ROWS = 65_536
+#: A filtered search of an approximate index answers exactly over the selection when
+#: the selected rows take at most this many bytes as float32 (gathered from the
+#: memory map once per cached filter): an IVF list holds ~1 % of a 1 %-selective
+#: filter's cells, so the index with an ID selector would miss most neighbours.
+_EXACT_SUBSET_BYTES = 256 * 2**20
 #: A catalog written less than this long before a search looked at it is read again
 #: by the next search: file times are coarse (a clock tick, up to 2 s on some file
 #: systems), so two writes that close together can leave the same stamp.
@@ -158,6 +173,10 @@ class Searcher:
         self._exact = self.index is not None and isinstance(
             faiss.downcast_index(self.index.index), faiss.IndexFlat
         )
+        self._k_factor = 1
+        if self.index is not None and is_lossy(self.index):
+            params = self.es.search_params or {}
+            self._k_factor = max(1, int(params.get("k_factor", DEFAULT_K_FACTOR)))
         self._memo: dict[str, Any] = {}  # per loaded set, shared with its copies
 
     def _select(self, chosen: npt.NDArray[np.int64] | None, where: str | None) -> None:
@@ -177,6 +196,7 @@ class Searcher:
             self.subset = np.sort(self.ids[in_subset])
             self._sel = faiss.IDSelectorBatch(self.subset)
         n_idx = min(self.n_indexed, self.ids.size)
+        self._gathered: npt.NDArray[np.float32] | None = None
         self._idx_pos = np.nonzero(in_subset[:n_idx])[0]
         self._tail_pos = n_idx + np.nonzero(in_subset[n_idx:])[0]
 
@@ -192,12 +212,7 @@ class Searcher:
             UnknownCellError: If a cell is not catalogued or has no vector in the set.
         """
         want = np.asarray(cell_ids, dtype=np.int64).reshape(-1)
-        order = self._memo.get("order")
-        if order is None:  # sorted once per loaded set
-            order = self._memo["order"] = np.argsort(self.ids, kind="stable")
-        at = np.searchsorted(self.ids, want, sorter=order)
-        at = np.minimum(at, self.ids.size - 1)
-        pos = order[at]
+        pos = self._positions(want)
         missing = want[self.ids[pos] != want]
         if missing.size:
             shown = ", ".join(str(i) for i in missing[:5].tolist())
@@ -207,6 +222,18 @@ class Searcher:
                 "or embed new cells with 'cytostore embed'"
             )
         return np.asarray(self.matrix[pos], dtype=np.float32)
+
+    def _positions(self, want: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
+        """Row of each id in ``want`` (some row, not that id, where it is absent)."""
+        if "order" not in self._memo:  # once per loaded set; embed writes in order
+            ascending = bool(np.all(self.ids[1:] > self.ids[:-1]))
+            self._memo["order"] = (
+                None if ascending else np.argsort(self.ids, kind="stable")
+            )
+        sorter: npt.NDArray[np.intp] | None = self._memo["order"]
+        at = np.searchsorted(self.ids, want, sorter=sorter)
+        at = np.minimum(at, self.ids.size - 1)
+        return at if sorter is None else sorter[at]
 
     def prepare(self, queries: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """Return queries as contiguous float32 ``(nq, dim)``, unit length for cosine.
@@ -258,10 +285,15 @@ class Searcher:
     def _index_knn(
         self, q: npt.NDArray[np.float32], k: int
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        if self._sel is not None and not self._exact and not _filterable(self.index):
-            return self._exact_knn(q, self._idx_pos, k)
+        if self._sel is not None and not self._exact:
+            if self._idx_pos.size * self.es.dim * 4 <= _EXACT_SUBSET_BYTES:
+                return self._exact_gathered(q, k)
+            if not _filterable(self.index):
+                return self._exact_knn(q, self._idx_pos, k)
         params = _search_parameters(self.index, self.es.search_params, self._sel)
-        dist, ids = self.index.search(q, k, params=params)
+        dist, ids = self.index.search(q, k * self._k_factor, params=params)
+        if self._k_factor > 1:
+            dist, ids = self._rerank(q, ids, k)
         want = min(k, self._idx_pos.size)
         short = np.nonzero((ids >= 0).sum(axis=1) < want)[0]
         if short.size:
@@ -271,6 +303,41 @@ class Searcher:
             d2, i2 = self._exact_knn(q[short], self._idx_pos, k)
             dist[short], ids[short] = d2, i2
         return dist, ids
+
+    def _exact_gathered(
+        self, q: npt.NDArray[np.float32], k: int
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Exact top-k over the selected indexed rows, gathered once as float32."""
+        import faiss
+
+        if self._gathered is None:
+            self._gathered = np.ascontiguousarray(
+                self.matrix[self._idx_pos], dtype=np.float32
+            )
+        kk = min(k, self._idx_pos.size)
+        d, i = faiss.knn(q, self._gathered, kk, metric=self._metric)
+        ids = np.where(i >= 0, self.ids[self._idx_pos][np.maximum(i, 0)], -1)
+        return _merge([(d, ids)], k, self.larger_is_closer)
+
+    def _rerank(
+        self, q: npt.NDArray[np.float32], cand: npt.NDArray[np.int64], k: int
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Exact distances of the candidate ids (from the mapped rows); best ``k``."""
+        nq, kc = cand.shape
+        valid = cand >= 0
+        dist = np.full((nq, kc), np.nan, np.float32)
+        for lo in range(0, nq, 256):  # bounded gather: 256 x kc rows at a time
+            c, v = cand[lo : lo + 256], valid[lo : lo + 256]
+            pos = self._positions(np.where(v, c, self.ids[0]).reshape(-1))
+            rows = np.asarray(self.matrix[pos], dtype=np.float32)
+            rows = rows.reshape(c.shape[0], kc, -1)
+            qq = q[lo : lo + 256, None, :]
+            if self.larger_is_closer:
+                d = np.einsum("qkd,qkd->qk", rows, np.broadcast_to(qq, rows.shape))
+            else:
+                d = ((rows - qq) ** 2).sum(axis=-1)
+            dist[lo : lo + 256] = np.where(v, d, np.nan)
+        return _merge([(dist, np.where(valid, cand, -1))], k, self.larger_is_closer)
 
     def _exact_knn(
         self, q: npt.NDArray[np.float32], pos: npt.NDArray[np.intp], k: int
