@@ -112,7 +112,8 @@ def _score(value: float | None) -> str:
     "--sample",
     type=int,
     default=None,
-    help="Map at most this many cells (seeded sample; the score uses all).",
+    help="Map at most this many cells (a seeded sample; the mixing score still "
+    "searches among all).",
 )
 @click.option(
     "--out",
