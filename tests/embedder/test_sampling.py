@@ -78,3 +78,47 @@ def test_cached_rows__returns_rows_in_the_asked_order() -> None:
     batch = ds[[0, 3, 1]]
     assert batch.dtype == torch.uint8
     np.testing.assert_array_equal(batch.numpy(), images[[4, 1, 3]])
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+@pytest.mark.parametrize("n", [37, 100, 1000])
+def test_batch_sampler__ddp_ranks_see_every_row_once_per_epoch(
+    world: int, n: int
+) -> None:
+    domains = ["a"] * (n - n // 3) + ["b"] * (n // 3)
+    parts = [
+        BatchSampler(domains, 8, "none", seed=3, rank=r, world_size=world)
+        for r in range(world)
+    ]
+    for s in parts:
+        s.set_epoch(2)
+    batches = [list(s) for s in parts]
+    assert len({len(b) for b in batches}) == 1  # same steps on every rank (DDP)
+    assert all(len(b) == len(s) == s.steps for b, s in zip(batches, parts, strict=True))
+    rows = sorted(i for b in batches for batch in b for i in batch)
+    assert rows == list(range(n))  # nothing dropped, nothing repeated
+    sizes = [len(batch) for b in batches for batch in b]
+    assert max(sizes) <= 8 and max(sizes) - min(sizes) <= 1
+
+
+def test_batch_sampler__ddp_keeps_the_dataset_balance_and_epoch_size() -> None:
+    parts = [
+        BatchSampler(DOMAINS, 32, "dataset", seed=0, rank=r, world_size=3)
+        for r in range(3)
+    ]
+    seen: Counter[str] = Counter()
+    for epoch in range(10):
+        total = 0
+        for s in parts:
+            s.set_epoch(epoch)
+            for batch in s:
+                seen.update(DOMAINS[i] for i in batch)
+                total += len(batch)
+        assert total == len(DOMAINS)  # one epoch = as many draws as rows
+    for name in ("big", "mid", "small"):
+        assert seen[name] / sum(seen.values()) == pytest.approx(1 / 3, abs=0.02)
+
+
+def test_batch_sampler__refuses_fewer_than_two_rows_per_process() -> None:
+    with pytest.raises(InvalidArgumentError, match="cannot be shared by 4 processes"):
+        BatchSampler(["a"] * 7, 2, rank=0, world_size=4)
