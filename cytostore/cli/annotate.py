@@ -61,7 +61,9 @@ def annotate(
     --label. All or nothing: rows naming unknown cells, a cell twice, or a value
     that conflicts with the one stored are listed by line number and nothing is
     imported. Importing a column again adds values for new cells; --replace lets
-    changed values win. Empty fields, nan and NA mean no value.
+    changed values win. Empty fields, nan and NA mean no value. A CSV from
+    `cytostore select --csv` comes back as it is: only the columns an annotator
+    added are imported.
 
     \b
     Example:

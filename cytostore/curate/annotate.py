@@ -7,6 +7,10 @@ a store with one dataset). Every other column becomes a column of the
 :mod:`cytostore.store.annotations` for the merge rules): filter on it with
 ``--where`` and train or audit on it with ``--label``.
 
+A CSV written by ``cytostore select --csv`` (``rank, cell_id, score, dataset, path,
+[balance column,] image``) comes back as it is once an annotator has added a column:
+the columns ``select`` wrote are not imported, only the ones added.
+
 The file is checked whole before anything is written: a row that names no
 catalogued cell, a cell named twice, a value that conflicts with the one stored, a
 row with the wrong number of fields: each is reported with its line number and
@@ -32,13 +36,17 @@ from typing import Any
 from cytostore.errors import InvalidArgumentError
 from cytostore.store import Store, find_cells, write_annotations
 
-__all__ = ["annotate", "KEYS", "MISSING"]
+__all__ = ["annotate", "KEYS", "MISSING", "SELECT_COLUMNS"]
 
 #: How a file names its cells.
 KEYS = ("cell_id", "path")
 #: Field values read as "no value" (compared case-insensitively, stripped).
 MISSING = frozenset({"", "nan", "na", "n/a", "null", "none"})
 _KEY_COLUMNS = ("cell_id", "dataset", "path")
+#: The columns of a ``cytostore select`` CSV: a file holding all of them is one, and
+#: those (with its --balance-by column, between ``path`` and ``image``) are not
+#: imported unless named in ``columns``.
+SELECT_COLUMNS = frozenset({"rank", "cell_id", "score", "dataset", "path", "image"})
 
 
 def _read(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -149,6 +157,13 @@ def annotate(
             + ("cell_id" if key == "cell_id" else "dataset and path")
         )
     value_cols = [h for h in header if h.lower() not in _KEY_COLUMNS]
+    if columns is None and SELECT_COLUMNS <= set(lowered):
+        # select writes rank, cell_id, score, dataset, path, [its --balance-by
+        # column,] image: keep what the annotator added around them.
+        theirs = set(header[lowered.index("path") + 1 : lowered.index("image")])
+        value_cols = [
+            h for h in value_cols if h.lower() not in SELECT_COLUMNS and h not in theirs
+        ]
     if columns is not None:
         unknown = [c for c in columns if c not in header]
         if unknown:

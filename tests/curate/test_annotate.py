@@ -296,3 +296,32 @@ def test_annotate_cli__bad_rows_exit_2_with_one_line(
         "file overwrite stored values)"
     ]
     assert _snapshot(store) == before
+
+
+def test_annotate__a_select_csv_comes_back_with_the_annotators_column(
+    embedded_store_copy: Path, tmp_path: Path
+) -> None:
+    import csv
+
+    from cytostore.curate import select
+
+    sheet = tmp_path / "to_annotate.csv"
+    select(
+        embedded_store_copy, "random-tiny", 6, "diversity", balance_by="dataset",
+        where="dataset <> 'mll_helmholtz'", csv=sheet,
+    )  # fmt: skip
+    rows = list(csv.DictReader(sheet.open()))
+    with sheet.open("w", newline="") as fh:  # the annotator adds a column
+        writer = csv.DictWriter(fh, fieldnames=[*rows[0], "expert"])
+        writer.writeheader()
+        writer.writerows({**r, "expert": f"E{r['rank']}"} for r in rows)
+    report = annotate(embedded_store_copy, sheet)
+    assert report["columns"] == ["expert"] and report["cells"] == 6
+    got = (
+        Store.open(embedded_store_copy)
+        .sql(
+            "SELECT cell_id, expert FROM cell_meta WHERE expert IS NOT NULL ORDER BY 1"
+        )
+        .rows
+    )
+    assert got == sorted((int(r["cell_id"]), f"E{r['rank']}") for r in rows)
