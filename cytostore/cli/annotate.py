@@ -18,7 +18,10 @@ from cytostore.cli._common import (
 @click.command("annotate")
 @store_argument
 @click.argument(
-    "file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.csv"
+    "file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE.csv",
+    required=False,
 )
 @click.option(
     "--key",
@@ -44,14 +47,21 @@ from cytostore.cli._common import (
     is_flag=True,
     help="Let the file's values replace different values already stored.",
 )
+@click.option(
+    "--drop",
+    multiple=True,
+    metavar="COLUMN",
+    help="Remove an imported column instead (repeatable; no FILE then).",
+)
 @format_option
 def annotate(
     store: Path,
-    file: Path,
+    file: Path | None,
     key: str | None,
     prefix: str | None,
     columns: str | None,
     replace: bool,
+    drop: tuple[str, ...],
     fmt: str,
 ) -> None:
     """Import labels or notes per cell from a CSV file into columns of cell_meta.
@@ -63,7 +73,7 @@ def annotate(
     imported. Importing a column again adds values for new cells; --replace lets
     changed values win. Empty fields, nan and NA mean no value. A CSV from
     `cytostore select --csv` comes back as it is: only the columns an annotator
-    added are imported.
+    added are imported. --drop COLUMN removes an imported column.
 
     \b
     Example:
@@ -72,6 +82,17 @@ def annotate(
             --where "expert2_label IS NOT NULL"
         cytostore sql demo-out/store "SELECT * FROM annotation_columns"
     """
+    if (file is None) == (not drop):
+        raise click.UsageError("give FILE.csv to import, or --drop COLUMN to remove")
+    if drop:
+        from cytostore.store import Store, drop_annotations
+
+        dropped = drop_annotations(Store.open(store), drop)
+        echo_result(render_report({"dropped": dropped}, fmt))
+        echo_summary(
+            f"removed column{'s' if len(dropped) > 1 else ''} {', '.join(dropped)}"
+        )
+        return
     from cytostore.curate.annotate import annotate as run_annotate
 
     chosen = [c.strip() for c in columns.split(",") if c.strip()] if columns else None

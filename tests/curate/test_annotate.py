@@ -325,3 +325,16 @@ def test_annotate__a_select_csv_comes_back_with_the_annotators_column(
         .rows
     )
     assert got == sorted((int(r["cell_id"]), f"E{r['rank']}") for r in rows)
+
+
+def test_annotate_cli__drop_removes_a_column(store: Path, tmp_path: Path) -> None:
+    f = _csv(tmp_path / "n.csv", "cell_id,note,other\n1,a,b\n")
+    assert _cli("annotate", str(store), str(f)).exit_code == 0
+    result = _cli("annotate", str(store), "--drop", "note", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "removed column note\n"
+    assert "note" not in Store.open(store).columns("cell_meta")
+    missing = _cli("annotate", str(store), "--drop", "note")
+    assert missing.exit_code == 1 and "no annotation column 'note'" in missing.stderr
+    both = _cli("annotate", str(store), str(f), "--drop", "other")
+    assert both.exit_code == 2 and "give FILE.csv to import, or --drop" in both.stderr
