@@ -25,7 +25,9 @@ from cytostore.cli._common import (
 def merge(store: Path, model: str | None, fmt: str) -> None:
     """Join the shard sets written by 'embed --shard I/N' into the model's set.
 
-    Shards can be merged as they finish; cells already merged are skipped.
+    Shards can be merged as they finish: shards still being written by an
+    'embed --shard' are left for a later merge, and cells already merged are
+    skipped (see docs/scale.md for a SLURM array job that does this).
 
     \b
     Example:
@@ -42,4 +44,10 @@ def merge(store: Path, model: str | None, fmt: str) -> None:
         f"merged shards {', '.join(report['shards'])} of {report['model']}: "
         f"{report['added']} vectors added, {report['n_vectors']} in set "
         f"{report['set_id']}"
+        + (
+            f"; {', '.join(report['busy'])} still being written (merge again "
+            "when they finish)"
+            if report["busy"]
+            else ""
+        )
     )

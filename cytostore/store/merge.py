@@ -3,7 +3,10 @@
 Each machine embeds one shard into its own set (``model@i/n``). ``merge`` appends the
 shards' rows bit for bit to the full set (cells already there are skipped), extends the
 index, and then removes the shard sets in one transaction. It can be run after some
-shards only, and again when the rest are done; a killed merge is rerun safely.
+shards only, and again when the rest are done; a killed merge is rerun safely. Shards
+still being written (an ``embed --shard`` holds their lock) are left for a later
+merge, so every task of a job array can run ``embed --shard`` then ``merge``: the
+shards are merged as they finish.
 """
 
 from __future__ import annotations
@@ -81,13 +84,15 @@ def merge(
 
     Returns:
         A report: ``model``, ``set_id``, ``shards`` merged, ``added`` rows,
-        ``skipped`` rows (cells already in the full set), ``n_vectors``.
+        ``skipped`` rows (cells already in the full set), ``n_vectors``, and
+        ``busy``: shards left for a later merge because they were being written.
 
     Raises:
         UnknownEmbeddingSetError: If there are no shard sets (of ``model``).
         ConfigMismatchError: If the shards disagree on dim, dtype, metric, index
             or preprocessing, or on the shard count; or if they (or the full set)
             were embedded with different model weights.
+        StoreBusyError: If every shard is being written.
     """
     _remove_dropped_files(store)  # left by a merge killed while deleting shards
     sets = list_sets(store)
@@ -110,23 +115,40 @@ def merge(
             "with 'cytostore embed STORE --model NAME --shard I/N' first"
         )
     with contextlib.ExitStack() as held:
-        for s in shards:  # an embed still writing a shard, or another merge: refuse
-            held.enter_context(
-                file_lock(
-                    store.root / "vectors" / f"{s.set_id}.lock",
-                    f"shard set {s.name!r} is being written (an 'embed --shard' or "
-                    "another 'merge' is running): wait for it to finish, then rerun",
+        free, busy = [], []
+        for s in shards:  # an embed still writing a shard, or another merge: skip
+            try:
+                held.enter_context(
+                    file_lock(
+                        store.root / "vectors" / f"{s.set_id}.lock",
+                        f"shard set {s.name!r} is being written",
+                    )
                 )
+                free.append(s)
+            except StoreBusyError:
+                busy.append(s)
+        if not free:
+            raise StoreBusyError(
+                f"every shard of model {model!r} is being written (an 'embed --shard' "
+                "or another 'merge' is running): rerun merge when one has finished"
             )
         # Read the shards again under their locks: the counts are final now.
         fresh = {s.set_id: s for s in list_sets(store)}
-        shards = [fresh[s.set_id] for s in shards if s.set_id in fresh]
+        shards = [fresh[s.set_id] for s in free if s.set_id in fresh]
         if not shards:
             raise UnknownEmbeddingSetError(
                 f"the shard sets of model {model!r} were merged by another process "
                 "meanwhile: nothing left to merge"
             )
-        return _merge_locked(store, shards, sets, progress)
+        if busy:
+            logger.info(
+                "left %d shard(s) being written for a later merge: %s",
+                len(busy),
+                ", ".join(s.shard or "" for s in busy),
+            )
+        report = _merge_locked(store, shards, sets, progress)
+        report["busy"] = sorted(s.shard or "" for s in busy)
+        return report
 
 
 def _merge_locked(
@@ -199,6 +221,7 @@ def _report(
         "added": added,
         "skipped": skipped,
         "n_vectors": full.n_vectors,
+        "busy": [],
     }
 
 

@@ -105,3 +105,33 @@ def test_parallel_shards__merge_equals_a_single_process_run_bit_for_bit(
     assert sets == [(MODEL, None, 360)]
     checked = CliRunner().invoke(main, ["verify", str(model_store)])
     assert checked.exit_code == 0, checked.output  # exits 1 on any problem
+
+
+def test_merge__leaves_a_shard_being_written_for_the_next_merge(
+    model_store: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from cytostore.cli import main
+    from cytostore.embedder import embed
+    from cytostore.errors import StoreBusyError
+    from cytostore.store.locks import file_lock
+
+    store = Store.open(model_store)
+    for i in (1, 2):
+        embed(store, MODEL, shard=f"{i}/2", device="cpu")
+    shard2 = next(s for s in store.embedding_sets() if s.shard == "2/2")
+    lock = model_store / "vectors" / f"{shard2.set_id}.lock"
+    with file_lock(lock, "held by the test"):  # as a running 'embed --shard 2/2'
+        done = CliRunner().invoke(main, ["merge", str(model_store), "--format", "json"])
+        assert done.exit_code == 0, done.output
+        first = json.loads(done.stdout)
+        assert first["shards"] == ["1/2"] and first["busy"] == ["2/2"]
+        assert first["n_vectors"] == 180
+        assert "2/2 still being written (merge again when they finish)" in done.stderr
+        with pytest.raises(StoreBusyError, match="every shard of model"):
+            store.merge(MODEL)
+    second = store.merge(MODEL)
+    assert second["shards"] == ["2/2"] and second["busy"] == []
+    assert second["n_vectors"] == 360
+    assert [s.shard for s in store.embedding_sets()] == [None]
