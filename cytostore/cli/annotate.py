@@ -82,9 +82,11 @@ def annotate(
             --where "expert2_label IS NOT NULL"
         cytostore sql demo-out/store "SELECT * FROM annotation_columns"
     """
-    if (file is None) == (not drop):
-        raise click.UsageError("give FILE.csv to import, or --drop COLUMN to remove")
-    if drop:
+    if file is None or drop:
+        if file is not None or not drop:
+            raise click.UsageError(
+                "give FILE.csv to import, or --drop COLUMN to remove"
+            )
         from cytostore.store import Store, drop_annotations
 
         dropped = drop_annotations(Store.open(store), drop)
