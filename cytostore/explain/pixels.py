@@ -232,8 +232,8 @@ def _draw(
     who = f"patient {ex.patient}" if ex.patient else f"cell {ex.cells[0].cell_id}"
     pred = ex.classes[ex.predicted]
     title = (
-        f"{who}: predicted {pred} (p={ex.probabilities[ex.predicted]:.2f}); "
-        f"red: pixels for {ex.classes[ex.target]}, blue: against"
+        f"{who}: {pred} (p={ex.probabilities[ex.predicted]:.2f}); red for "
+        f"{ex.classes[ex.target]}, blue against"
     )
     return montage(images, captions, out, ncols=2, title=title, tile_px=160)
 

@@ -23,15 +23,27 @@ def _ids(store: Path) -> tuple[int, str]:
     return int(cell), str(pid)
 
 
+def _tree(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.endswith((".lock", ".wal"))
+    }
+
+
 def _invoke(args: list[str]):  # noqa: ANN202
     return CliRunner().invoke(main, args, prog_name="cytostore")
 
 
 def test_explain_pixels_cli__cell_table(explain_store: Path) -> None:
     cell, _ = _ids(explain_store)
+    before = _tree(explain_store)
     args = ["explain", str(explain_store), "--cell", str(cell), "--head", "lin"]
     result = _invoke([*args, "--pixels", "--method", "gradxinput", "--device", "cpu"])
     assert result.exit_code == 0, result.output
+    assert _tree(explain_store) == before  # nothing in the store changed
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"cell {cell}: predicted ")
     assert lines[0].endswith("gradxinput attribution to " + lines[0].split()[3])
