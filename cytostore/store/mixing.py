@@ -40,7 +40,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from cytostore.errors import InvalidArgumentError, UnknownColumnError
+from cytostore.errors import (
+    InvalidArgumentError,
+    StoreCorruptError,
+    UnknownColumnError,
+)
 from cytostore.store.catalog import safe_identifier
 
 if TYPE_CHECKING:
@@ -386,6 +390,7 @@ def store_mixing_score(
         InvalidArgumentError: If ``k`` < 1 or ``sample`` < 1, or the pool has
             fewer than 2 cells.
         UnknownColumnError: If ``label`` is not a ``cell_meta`` column.
+        StoreCorruptError: If the set holds vectors of cells the catalog lacks.
         UnknownEmbeddingSetError, InvalidWhereError, EmptySelectionError: As for
             :class:`~cytostore.store.search.Searcher`.
     """
@@ -409,7 +414,12 @@ def store_mixing_score(
     cols = "cell_id, dataset, patient_id" + (f', "{label}"' if label else "")
     meta = store.sql(f"SELECT {cols} FROM cell_meta ORDER BY cell_id")
     meta_ids = np.asarray(meta.column("cell_id"), dtype=np.int64)
-    at = np.searchsorted(meta_ids, pool)
+    at = np.minimum(np.searchsorted(meta_ids, pool), max(meta_ids.size - 1, 0))
+    if meta_ids.size == 0 or not np.array_equal(meta_ids[at], pool):
+        raise StoreCorruptError(
+            f"set {searcher.es.name!r} holds vectors of cells the catalog lacks: "
+            "run 'cytostore verify STORE'"
+        )
     rows = [meta.rows[i] for i in at.tolist()]
     groups: dict[str, Sequence[Any]] = {
         "dataset": [r[1] for r in rows],
