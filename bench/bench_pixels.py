@@ -130,6 +130,7 @@ def _run(
     from cytostore.explain import explain_pixels
 
     rhos: list[float] = []
+    signed: list[float] = []
     curves: list[dict[str, Any]] = []
     points: list[tuple[float, float]] = []
     errors: list[float] = []
@@ -141,6 +142,7 @@ def _run(
         r = explain_pixels(store, head, method=method, checks=True, device="cpu", **job)
         ch = r["checks"]
         rhos += ch["randomisation"]["rho"]
+        signed += ch["randomisation"]["signed_rho"]
         k = len(r["cells"])
         curves += [ch["deletion"]] * k  # already the mean over this job's cells
         if ch["pointing"]:
@@ -161,6 +163,7 @@ def _run(
     out: dict[str, Any] = {
         "n": n,
         "rho": float(np.mean(rhos)),
+        "signed_rho": float(np.mean(signed)),
         "top": top_c,
         "random": rnd_c,
         "area": area,
@@ -223,7 +226,8 @@ def _row(where: str, head: str, method: str, r: dict[str, Any], thr: float) -> s
         mass, share, k = r["pointing"]
         point = f"{mass:.1%} on {share:.1%} ({mass / share:.2f}x, {k} cells)"
     return (
-        f"| {where} | {head} | {method} | {r['n']} | {r['rho']:.2f} ({ok}) | "
+        f"| {where} | {head} | {method} | {r['n']} | {r['rho']:.2f} ({ok}); "
+        f"signed {r['signed_rho']:.2f} | "
         f"{r['top'][0]:.3f} | {top} | {rnd} | {r['area']:+.3f} ({dl}) | {point} | "
         f"{r['wall_s'] / max(r['n'], 1):.2f} |"
     )
@@ -290,7 +294,8 @@ def main() -> int:
         "Each explained cell: integrated gradients (32 Gauss-Legendre steps, blurred "
         "baseline sigma 2 µm) or gradient x input of the head's logit for its "
         "predicted class, through the frozen backbone; `explain_pixels(..., "
-        "checks=True)`. Randomisation: mean Spearman correlation of |map| with the "
+        "checks=True)`. Randomisation: mean Spearman correlation of |map| (the "
+        "verdict; of the signed maps beside it) with the "
         f"backbone re-initialised (passes below {RANDOMISATION_MAX_RHO}). Deletion: "
         "the predicted class's probability with the top-attributed vs random "
         "10 / 20 / 40 % of the crop's pixels blurred (random: mean of 4 orders), "

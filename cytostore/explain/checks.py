@@ -49,25 +49,49 @@ RANDOMISATION_MAX_RHO = 0.5
 DELETION_FRACTIONS = (0.1, 0.2, 0.4)
 
 
-def rank_correlation(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating]) -> float:
-    """Return the Spearman correlation of two maps' absolute values (0 if constant)."""
-    x, y = np.abs(np.ravel(a)), np.abs(np.ravel(b))
+def rank_correlation(
+    a: npt.NDArray[np.floating], b: npt.NDArray[np.floating], *, absolute: bool = True
+) -> float:
+    """Return the Spearman correlation of two maps (0 if one is constant).
+
+    Args:
+        a: A map.
+        b: Another map of the same shape.
+        absolute: Compare the absolute values (the check's measure: the stricter
+            one, as sign flips do not count as change); ``False``: signed values.
+    """
+    x, y = np.ravel(a), np.ravel(b)
+    if absolute:
+        x, y = np.abs(x), np.abs(y)
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return 0.0
     return float(stats.spearmanr(x, y).statistic)
 
 
 def randomisation_summary(
-    rhos: Sequence[float], threshold: float = RANDOMISATION_MAX_RHO
+    rhos: Sequence[float],
+    threshold: float = RANDOMISATION_MAX_RHO,
+    signed: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """Return ``{"rho": per cell, "mean_rho", "threshold", "passed"}``."""
+    """Return ``{"rho", "mean_rho", "threshold", "passed"}`` (and the signed rho).
+
+    Args:
+        rhos: Per cell, the rank correlation of the absolute maps.
+        threshold: The check passes when their mean is below it.
+        signed: Per cell, the rank correlation of the signed maps (reported as
+            ``signed_rho`` and ``mean_signed_rho``; not part of the verdict).
+    """
     mean = float(np.mean(rhos)) if len(rhos) else float("nan")
-    return {
+    out: dict[str, Any] = {
         "rho": [float(r) for r in rhos],
         "mean_rho": mean,
         "threshold": threshold,
         "passed": bool(mean < threshold),
     }
+    if signed is not None:
+        out["signed_rho"] = [float(r) for r in signed]
+        out["mean_signed_rho"] = float(np.mean(signed)) if len(signed) else mean
+    return out
 
 
 def _probabilities(

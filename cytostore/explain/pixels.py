@@ -267,7 +267,7 @@ def run_checks(
     from cytostore.data.synth import structure_mask
 
     random_backbone = ex.random_backbone(seed)
-    rhos, curves, points = [], [], []
+    rhos, signed, curves, points = [], [], [], []
     for c, att in zip(ex.cells, attributions, strict=True):
         rand = attribute(
             ex.model(c, random_backbone),
@@ -279,6 +279,7 @@ def run_checks(
             batch_size=batch_size,
         )
         rhos.append(rank_correlation(att.map, rand.map))
+        signed.append(rank_correlation(att.map, rand.map, absolute=False))
         curves.append(
             deletion_curve(
                 ex.model(c),
@@ -308,7 +309,7 @@ def run_checks(
             point_summary["mass_share"] / point_summary["area_share"]
         )
     return {
-        "randomisation": randomisation_summary(rhos),
+        "randomisation": randomisation_summary(rhos, signed=signed),
         "deletion": deletion_summary(curves),
         "pointing": point_summary,
     }

@@ -207,6 +207,9 @@ def test_randomisation__identical_maps_fail_independent_maps_pass() -> None:
     rng = np.random.default_rng(0)
     a = rng.normal(size=(16, 16))
     assert rank_correlation(a, a) == pytest.approx(1.0)
+    # a sign flip is no change to |map|, and full change to the signed map
+    assert rank_correlation(a, -a) == pytest.approx(1.0)
+    assert rank_correlation(a, -a, absolute=False) == pytest.approx(-1.0)
     assert not randomisation_summary([rank_correlation(a, 2 * a)])["passed"]
     rhos = [rank_correlation(a, rng.normal(size=(16, 16))) for _ in range(5)]
     assert randomisation_summary(rhos)["passed"]
@@ -253,6 +256,7 @@ def test_explain_pixels__patient_montage_overlays_and_checks(
         assert c["embedding_cosine"] > 0.999
     checks = out["checks"]
     assert len(checks["randomisation"]["rho"]) == 2
+    assert len(checks["randomisation"]["signed_rho"]) == 2
     assert len(checks["deletion"]["top"]) == 4
     assert checks["pointing"] is None  # the session's synthetic data has no masks
 
