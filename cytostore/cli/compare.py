@@ -48,6 +48,12 @@ _METRICS = ("balanced_accuracy", "macro_f1", "accuracy")
     help="Neighbours of the kNN head.",
 )  # fmt: skip
 @click.option(
+    "--min-count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Leave out classes with fewer cells (they cannot fill every fold).",
+)
+@click.option(
     "--bag-label",
     default="bag_label",
     show_default=True,
@@ -74,6 +80,7 @@ def compare(
     where: str | None,
     folds: int,
     k: int,
+    min_count: int | None,
     bag_label: str,
     png: Path | None,
     device: str,
@@ -91,9 +98,9 @@ def compare(
     \b
     Example:
         cytostore compare demo-out/store --model tiny-simclr --model tiny-random \\
-            --label label
-        cytostore compare demo-out/store --model tiny-simclr --model dinobloom-s \\
-            --label cell_type --where "dataset = 'bm'" --format json
+            --label label --where "dataset = 'mll_helmholtz'" --png compare.png
+        cytostore compare demo-out/store --model tiny-simclr --model tiny-random \\
+            --label label --where "dataset = 'bm'" --min-count 5 --format json
     """
     from cytostore.heads.compare import compare as run_compare
 
@@ -106,6 +113,7 @@ def compare(
             where=where,
             folds=folds,
             k=k,
+            min_count=min_count,
             bag_label=bag_label or None,
             seed=seed,
             device=device,

@@ -32,6 +32,7 @@ import os
 import pickle
 import re
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -234,17 +235,9 @@ def build_arch(
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        with torch.device(device) if device is not None else _nullcontext():
+        with torch.device(device) if device is not None else nullcontext():
             model, dim = _build(spec, px)
     return model.eval(), dim
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _build(spec: ArchSpec, px: int) -> tuple[nn.Module, int]:

@@ -102,6 +102,7 @@ def compare(
     where: str | None = None,
     folds: int = 5,
     k: int = 20,
+    min_count: int | None = None,
     bag_label: str | None = "bag_label",
     mil_epochs: int = 20,
     min_bag_size: int = 2,
@@ -120,6 +121,7 @@ def compare(
         folds: K of the K-fold cross-validation (patient-grouped when the cells have
             patients, else stratified); the same folds for every model.
         k: Neighbours of the kNN head.
+        min_count: Leave out classes with fewer cells (counted in ``excluded``).
         bag_label: Patient label column for the MIL rows; they are added when the
             cells have patients and this column exists (``None``: no MIL).
         mil_epochs: Upper bound on the MIL head's epochs per fold.
@@ -157,6 +159,15 @@ def compare(
     per_model = {m: load_cells(st, m, where, columns) for m in names}
     cells, excluded = _common_cells(per_model, label)
     y = np.asarray([str(v).strip() for v in cells[names[0]].meta[label]])
+    if min_count is not None:
+        classes, counts = np.unique(y, return_counts=True)
+        rare = {str(c): int(n) for c, n in zip(classes, counts, strict=True)
+                if n < min_count}  # fmt: skip
+        if rare:
+            excluded["rare_class"] = rare
+            keep = ~np.isin(y, list(rare))
+            cells = {m: c.take(keep) for m, c in cells.items()}
+            y = y[keep]
     base = cells[names[0]]
     has_patients = any(p is not None for p in base.meta["patient_id"])
     groups = _groups(base) if has_patients else None

@@ -154,3 +154,19 @@ def test_compare__mixing_score_of_each_model_when_the_store_has_one(
     assert report.mixing == {
         "random-tiny": {t: want[t] for t in ("dataset", "patient", "label")}
     }
+
+
+def test_compare__min_count_leaves_rare_classes_out(store3: Path) -> None:
+    report = compare(
+        store3, ["random-tiny"], "cell_type", folds=2, min_count=10, bag_label=None
+    )
+    counts = dict(
+        Store.open(store3)
+        .sql("SELECT cell_type, count(*) FROM cell_meta GROUP BY 1")
+        .rows
+    )
+    kept = {c: n for c, n in counts.items() if c is not None and n >= 10}
+    assert report.n_cells == sum(kept.values())
+    assert report.excluded["rare_class"] == {
+        c: n for c, n in counts.items() if c is not None and n < 10
+    }
