@@ -87,12 +87,11 @@ def _run(store: Store, kind: str, run: str) -> dict[str, Any]:
     for r in known:
         if r["run"] == run:
             return r
-    command = {"audit": "audit", "select": "select", "map": "map"}[kind]
     raise NotFoundError.for_name(
         f"{kind} run",
         run,
         [r["run"] for r in known],
-        f"run 'cytostore {command} STORE ... --name {run}' first",
+        f"run 'cytostore {kind} STORE ... --name {run}' first",
         where=str(store.root),
     )
 
@@ -105,13 +104,19 @@ def _quote(value: Any) -> str:
 def other_patients(dataset: str, patient_id: str | None) -> str | None:
     """Return the filter leaving out a cell's own patient (``None``: no patient).
 
+    Cells without a patient stay candidates (``IS NOT DISTINCT FROM``: a missing
+    patient id is not the suspect's).
+
     Examples:
         >>> other_patients("lmu", "P'1")
-        "NOT (dataset = 'lmu' AND patient_id = 'P''1')"
+        "NOT (dataset = 'lmu' AND patient_id IS NOT DISTINCT FROM 'P''1')"
     """
     if patient_id is None:
         return None
-    return f"NOT (dataset = {_quote(dataset)} AND patient_id = {_quote(patient_id)})"
+    return (
+        f"NOT (dataset = {_quote(dataset)} AND "
+        f"patient_id IS NOT DISTINCT FROM {_quote(patient_id)})"
+    )
 
 
 def _lookalikes(

@@ -67,7 +67,8 @@ def test_api_label_issues__ranked_page_with_lookalikes_from_other_patients(
         look = g["lookalikes"]
         assert look["error"] is None and len(look["cells"]) == 3
         where = (
-            f"NOT (dataset = '{g['dataset']}' AND patient_id = '{g['patient_id']}')"
+            f"NOT (dataset = '{g['dataset']}' AND "
+            f"patient_id IS NOT DISTINCT FROM '{g['patient_id']}')"
             if g["patient_id"] is not None
             else None
         )
