@@ -45,6 +45,8 @@ MAP_METHODS = ("umap", "pca")
 #: Most categories a legend lists; the rarer ones are drawn grey as "other".
 MAX_LEGEND = 20
 _MIN_CELLS = 4
+#: Above this many cells, a UMAP map warns that it will take minutes.
+_LARGE_UMAP = 50_000
 
 
 @dataclass
@@ -374,6 +376,13 @@ def map_cells(
         order = np.sort(rng.choice(order, size=int(sample), replace=False))
         order = order[np.argsort(ids[order], kind="stable")]
     ids = np.asarray(ids[order], dtype=np.int64)
+    if method == "umap" and ids.size > _LARGE_UMAP:
+        logger.warning(
+            "UMAP of %d cells takes minutes on a CPU: --sample %d maps a seeded "
+            "sample (the mixing score still uses every cell), --method pca is fast",
+            ids.size,
+            _LARGE_UMAP,
+        )
     started = time.monotonic()
     xy = project(np.asarray(matrix[order]), method, metric=mixing["metric"], seed=seed)
     elapsed = time.monotonic() - started
