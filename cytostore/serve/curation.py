@@ -37,6 +37,7 @@ from cytostore.store import (
     Store,
     curation_runs,
     read_map,
+    to_similarity,
 )
 
 __all__ = [
@@ -119,39 +120,77 @@ def other_patients(dataset: str, patient_id: str | None) -> str | None:
     )
 
 
-def _lookalikes(
-    store: Store, cell_id: int, dataset: str, patient_id: str | None, model: str,
-    label_column: str, k: int,
-) -> dict[str, Any]:  # fmt: skip
-    """Return a suspect's k nearest cells from other patients, with their labels."""
-    from cytostore.embedder import search
+def _patient_members(
+    store: Store, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], np.ndarray]:
+    """Return the cell ids of each ``(dataset, patient_id)``, in one query."""
+    if not keys:
+        return {}
+    rows = store.sql(
+        "SELECT c.dataset, c.patient_id, list(c.cell_id) FROM cells c JOIN "
+        "(SELECT unnest(?::VARCHAR[]) AS d, unnest(?::VARCHAR[]) AS p) q "
+        "ON c.dataset = q.d AND c.patient_id = q.p GROUP BY ALL",
+        [[k[0] for k in keys], [k[1] for k in keys]],
+    ).rows
+    return {(d, p): np.asarray(ids, np.int64) for d, p, ids in rows}
 
+
+def _lookalikes(
+    store: Store, rows: list[dict[str, Any]], model: str, label_column: str, k: int
+) -> list[dict[str, Any]]:
+    """Return each suspect's k nearest cells from other patients, with their labels.
+
+    One batched search over the model's whole set (kept loaded by the store),
+    asking for ``k`` plus the size of the largest patient on the page, then the
+    suspect's own patient left out of each list: the exact k nearest cells of
+    other patients for an exact index (the answer of ``search(cell,
+    where=other_patients(...))``, without a filtered search per suspect: on 200k
+    cells that took ~0.2 s each).
+    """
     try:
-        result = search(
-            store,
-            cell=int(cell_id),
-            model=model,
-            k=k,
-            where=other_patients(dataset, patient_id),
-        )
+        searcher = store.searcher(model)
     except CytostoreError as exc:  # e.g. the model's set is gone: said in place
-        return {"error": str(exc), "cells": []}
-    hits = result.dicts()
-    ids = [h["cell_id"] for h in hits]
-    labels = dict(store.cell_meta(ids, ["cell_id", label_column]).rows) if ids else {}
-    return {
-        "error": None,
-        "cells": [
-            {
-                "cell_id": h["cell_id"],
-                "similarity": h["similarity"],
-                "label": labels.get(h["cell_id"]),
-                "dataset": h["dataset"],
-                "patient_id": h["patient_id"],
-            }
-            for h in hits
-        ],
+        return [{"error": str(exc), "cells": []} for _ in rows]
+    out: list[dict[str, Any]] = [{"error": None, "cells": []} for _ in rows]
+    queries, at = [], []
+    for i, r in enumerate(rows):
+        try:
+            queries.append(searcher.vector_of([r["cell_id"]])[0])
+            at.append(i)
+        except CytostoreError as exc:  # a cell without a vector in this set
+            out[i]["error"] = str(exc)
+    if not queries:
+        return out
+    keys = sorted({(r["dataset"], r["patient_id"]) for r in rows if r["patient_id"]})
+    members = _patient_members(store, keys)
+    own = max((m.size for m in members.values()), default=0)
+    dist, hits = searcher.knn(searcher.prepare(np.stack(queries)), k + 1 + own)
+    sims = to_similarity(dist, searcher.es.metric)
+    chosen: list[tuple[int, np.ndarray, np.ndarray]] = []
+    for row, (d, h) in zip(at, zip(sims, hits, strict=True), strict=True):
+        r = rows[row]
+        drop = members.get((r["dataset"], r["patient_id"]), np.zeros(0, np.int64))
+        keep = (h >= 0) & (h != r["cell_id"]) & ~np.isin(h, drop)
+        chosen.append((row, h[keep][:k], d[keep][:k]))
+    wanted = sorted({int(c) for _, h, _ in chosen for c in h})
+    meta = {
+        m[0]: m[1:]
+        for m in store.cell_meta(
+            wanted, ["cell_id", label_column, "dataset", "patient_id"]
+        ).rows
     }
+    for row, h, d in chosen:
+        out[row]["cells"] = [
+            {
+                "cell_id": int(c),
+                "similarity": float(s),
+                "label": meta[int(c)][0],
+                "dataset": meta[int(c)][1],
+                "patient_id": meta[int(c)][2],
+            }
+            for c, s in zip(h, d, strict=True)
+        ]
+    return out
 
 
 def label_issues(
@@ -213,20 +252,13 @@ def label_issues(
         ).dicts()
     model = info["model"] or counts[2]
     label_column = counts[3] or "label"
-    for r in rows:
-        r["lookalikes"] = (
-            _lookalikes(
-                store,
-                r["cell_id"],
-                r["dataset"],
-                r["patient_id"],
-                model,
-                label_column,
-                n_look,
-            )  # fmt: skip
-            if n_look and model
-            else {"error": None, "cells": []}
-        )
+    looks = (
+        _lookalikes(store, rows, model, label_column, n_look)
+        if n_look and model and rows
+        else [{"error": None, "cells": []} for _ in rows]
+    )
+    for r, look in zip(rows, looks, strict=True):
+        r["lookalikes"] = look
     return jsonable(
         {
             "run": run,
