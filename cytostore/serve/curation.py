@@ -421,14 +421,13 @@ def map_points(
         UnknownColumnError: If ``color`` is not a column of ``cell_meta``.
     """
     if cache is None:
-        with store.connect(read_only=True):
-            return jsonable(_map_data(store, run, color or None))
-    return jsonable(cache.get(_map_cached, run, color or None))
+        return _map_json(store, run, color or None)
+    return cache.get(_map_json, run, color or None)  # shared: not to be changed
 
 
-def _map_cached(store: Store, run: str, color: str | None) -> dict[str, Any]:
-    with store.connect(read_only=True):
-        return _map_data(store, run, color)
+def _map_json(store: Store, run: str, color: str | None) -> dict[str, Any]:
+    with store.connect(read_only=True):  # one catalog visit for the map
+        return jsonable(_map_data(store, run, color))
 
 
 def map_box_where(run: str, x0: Any, x1: Any, y0: Any, y1: Any) -> str:
