@@ -197,6 +197,13 @@ def _palette(n: int) -> list[Any]:
     return (colours + list(extra[::4]))[:n]
 
 
+def _dot(colour: Any, label: str) -> Any:
+    """A legend entry: a round marker of ``colour``."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], ls="", marker="o", ms=6, color=colour, label=label)
+
+
 def draw_map(
     xy: npt.ArrayLike,
     values: Sequence[Any],
@@ -233,62 +240,53 @@ def draw_map(
         for v in values
     ]
     n = pts.shape[0]
-    size = float(np.clip(3000.0 / max(n, 1), 0.5, 20.0))
+    size = float(np.clip(12000.0 / max(n, 1), 1.0, 24.0))
     fig, ax = plt.subplots(figsize=(8, 6.5), dpi=110)
     none = np.asarray([v is None for v in vals], dtype=bool)
-    if none.any():
-        ax.scatter(
-            pts[none, 0],
-            pts[none, 1],
-            s=size,
-            c="#d0d0d0",
-            lw=0,
-            label=f"(none) {none.sum()}",
-        )
+    if none.any():  # cells without a value: grey, underneath
+        ax.scatter(pts[none, 0], pts[none, 1], s=size, c="#d0d0d0", lw=0)
+    have = np.flatnonzero(~none)
+    # One scatter in a seeded random order, so no category hides under another.
+    have = have[np.random.default_rng(0).permutation(have.size)]
     counts = Counter(v for v in vals if v is not None)
     if _is_numeric(vals) and len(counts) > MAX_LEGEND:
-        have = ~none
         sc = ax.scatter(
             pts[have, 0],
             pts[have, 1],
             s=size,
-            c=np.asarray([vals[i] for i in np.flatnonzero(have)], dtype=np.float64),
+            c=np.asarray([vals[i] for i in have], dtype=np.float64),
             cmap="viridis",
             lw=0,
         )
         fig.colorbar(sc, ax=ax, label=color_by)
+        if none.any():
+            ax.legend(
+                handles=[_dot("#d0d0d0", f"(none) {none.sum()}")],
+                loc="upper right",
+                fontsize=8,
+                frameon=False,
+            )
     else:
         ordered = [
             v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
         ]
-        shown, rest = ordered[:MAX_LEGEND], set(ordered[MAX_LEGEND:])
-        if rest:
-            sel = np.asarray([v in rest for v in vals], dtype=bool)
-            ax.scatter(
-                pts[sel, 0],
-                pts[sel, 1],
-                s=size,
-                c="#9a9a9a",
-                lw=0,
-                label=f"other {sel.sum()}",
-            )
-        palette = _palette(len(shown))
-        for i, v in enumerate(shown):
-            sel = np.asarray([u == v for u in vals], dtype=bool)
-            ax.scatter(
-                pts[sel, 0],
-                pts[sel, 1],
-                s=size,
-                color=palette[i],
-                lw=0,
-                label=f"{v} {counts[v]}",
-            )
+        shown = ordered[:MAX_LEGEND]
+        palette = dict(zip(shown, _palette(len(shown)), strict=True))
+        other = (0.6, 0.6, 0.6)
+        colours = [palette.get(vals[i], other) for i in have]
+        ax.scatter(pts[have, 0], pts[have, 1], s=size, c=colours, lw=0)
+        handles = [_dot(palette[v], f"{v} {counts[v]}") for v in shown]
+        n_other = sum(counts[v] for v in ordered[MAX_LEGEND:])
+        if n_other:
+            handles.append(_dot(other, f"other {n_other}"))
+        if none.any():
+            handles.append(_dot("#d0d0d0", f"(none) {none.sum()}"))
         ax.legend(
+            handles=handles,
             title=color_by,
             loc="center left",
             bbox_to_anchor=(1.01, 0.5),
             fontsize=8,
-            markerscale=max(1.0, 6.0 / math.sqrt(size)),
             frameon=False,
         )
     ax.set_xticks([])
