@@ -38,6 +38,7 @@ from cytostore.store import (
     curation_runs,
     read_map,
     to_similarity,
+    where_clause,
 )
 
 __all__ = [
@@ -200,6 +201,7 @@ def label_issues(
     offset: Any = 0,
     k: Any = LOOKALIKES,
     reviewed: str | None = None,
+    where: str | None = None,
 ) -> dict[str, Any]:
     """Return a page of an audit run's review queue.
 
@@ -211,6 +213,8 @@ def label_issues(
         k: Look-alikes per suspect (0..20; 0: none).
         reviewed: ``"hide"`` (default): leave out cells tagged ``reviewed``;
             ``"only"``: only those; ``"show"``: all.
+        where: SQL filter over ``cell_meta`` (the sandboxed ``--where``), e.g.
+            ``label = 'BLA'`` to review one class.
 
     Returns:
         ``{"run", "model", "label_column", "params", "total", "reviewed",
@@ -223,6 +227,7 @@ def label_issues(
     Raises:
         NotFoundError: If there is no audit run of that name.
         InvalidArgumentError: Bad ``limit``/``offset``/``k``/``reviewed``.
+        InvalidWhereError, UnknownColumnError: A bad filter.
     """
     n = _int(limit, "limit", 1, 200, REVIEW_PAGE)
     skip = _int(offset, "offset", 0, 10**12, 0)
@@ -237,6 +242,9 @@ def label_issues(
         tagged = f"list_contains(m.tags, {_quote(REVIEWED_TAG)})"
         keep = {"hide": f"AND NOT {tagged}", "only": f"AND {tagged}", "show": ""}
         base = "FROM label_issues i JOIN cell_meta m USING (cell_id) WHERE i.run = ? "
+        if where:  # the sandboxed filter, in its own subquery over cell_meta
+            clause = where_clause(where)
+            base += f"AND i.cell_id IN (SELECT cell_id FROM cell_meta {clause}) "
         counts = store.sql(
             f"SELECT count(*) FILTER (WHERE TRUE {keep[mode]}), "
             f"count(*) FILTER (WHERE {tagged}), any_value(i.model), "
@@ -262,6 +270,7 @@ def label_issues(
     return jsonable(
         {
             "run": run,
+            "where": where or None,
             "model": model,
             "label_column": label_column,
             "params": info["params"],

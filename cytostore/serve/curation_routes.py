@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from cytostore.errors import InvalidWhereError, UnknownColumnError
 from cytostore.serve import curation, views
 from cytostore.serve.pages import render
 from cytostore.store import Store
@@ -65,7 +66,7 @@ def api_runs(request: Request) -> JSONResponse:
 
 
 def api_label_issues(request: Request) -> JSONResponse:
-    """``GET /api/curation/label-issues/{run}?limit=&offset=&k=&reviewed=``."""
+    """``GET /api/curation/label-issues/{run}?limit=&offset=&k=&reviewed=&where=``."""
     return JSONResponse(
         curation.label_issues(
             _store(request),
@@ -74,6 +75,7 @@ def api_label_issues(request: Request) -> JSONResponse:
             request.query_params.get("offset", 0),
             request.query_params.get("k", curation.LOOKALIKES),
             _q(request, "reviewed"),
+            _q(request, "where"),
         )
     )
 
@@ -141,26 +143,43 @@ def runs_page(request: Request) -> Response:
 
 
 def label_issues_page(request: Request) -> Response:
-    """``/curation/label-issues/{run}?page=&reviewed=&k=``: the review queue."""
+    """``/curation/label-issues/{run}?page=&reviewed=&k=&where=``: the review queue.
+
+    A bad filter is shown in the page (status 400), like the grid's.
+    """
     page = _page_number(request)
     per_page = curation.REVIEW_PAGE
     reviewed = _q(request, "reviewed") or "hide"
-    data = curation.label_issues(
-        _store(request),
-        request.path_params["run"],
-        per_page,
-        (page - 1) * per_page,
-        _q(request, "k") or curation.LOOKALIKES,
-        reviewed,
-    )
-    context = {
-        "d": data,
+    where = _q(request, "where")
+    context: dict[str, Any] = {
+        "run": request.path_params["run"],
+        "where": where or "",
+        "where_error": None,
         "reviewed": reviewed,
         "verdicts": curation.VERDICT_TAGS,
         "reviewed_tag": curation.REVIEWED_TAG,
-        **_pager(request, page, data["total"], per_page),
     }
-    return render(request, "label_issues.html", context)
+    status = 200
+    try:
+        data = curation.label_issues(
+            _store(request),
+            request.path_params["run"],
+            per_page,
+            (page - 1) * per_page,
+            _q(request, "k") or curation.LOOKALIKES,
+            reviewed,
+            where,
+        )
+    except (InvalidWhereError, UnknownColumnError) as exc:
+        from cytostore.serve.app import status_of  # app imports this module
+
+        status = status_of(exc)
+        context["where_error"] = str(exc)
+        data = None
+    context["d"] = data
+    if data is not None:
+        context.update(_pager(request, page, data["total"], per_page))
+    return render(request, "label_issues.html", context, status)
 
 
 def selection_page(request: Request) -> Response:

@@ -24,7 +24,13 @@ from cytostore.store.search import _catalog_stamp
 if TYPE_CHECKING:
     from cytostore.store.catalog import Catalog
 
-__all__ = ["GRID_COLUMNS", "browse_cells", "catalog_stamp", "count_cells"]
+__all__ = [
+    "GRID_COLUMNS",
+    "browse_cells",
+    "catalog_stamp",
+    "count_cells",
+    "where_clause",
+]
 
 #: Columns of a grid row (those ``cell_meta`` has; ``tags`` when present).
 GRID_COLUMNS = ("cell_id", "dataset", "patient_id", "label", "cell_type", "tags")
@@ -71,11 +77,26 @@ def catalog_stamp(store: Catalog, settle_s: float = SETTLE_S) -> tuple[Any, ...]
     return stamp
 
 
-def _filter(where: str | None) -> str:
-    """Return the sandboxed ``WHERE (...)`` clause of ``where`` ("" for none).
+def where_clause(where: str | None) -> str:
+    """Return the sandboxed ``WHERE (...)`` clause of ``where`` over ``cell_meta``.
 
     :func:`~cytostore.store.sandbox.where_query` checks that the expression stays
-    one expression inside its parentheses; the clause is taken from its query.
+    one expression inside its parentheses; the clause is taken from its query. Use
+    it after ``FROM cell_meta`` in a query run by :meth:`Catalog.sql` (read-only,
+    hardened, one statement).
+
+    Returns:
+        ``WHERE (`` the expression on lines of its own ``)``, or ``""`` for no
+        filter.
+
+    Raises:
+        InvalidWhereError: If ``where`` is not one expression.
+
+    Examples:
+        >>> print(where_clause("dataset = 'bm'"))
+        WHERE (
+        dataset = 'bm'
+        )
     """
     if not where:
         return ""
@@ -140,7 +161,7 @@ def browse_cells(
         raise InvalidArgumentError(f"limit must be 1..10000, got {limit}")
     if int(offset) < 0:
         raise InvalidArgumentError(f"offset must be >= 0, got {offset}")
-    clause = _filter(where)
+    clause = where_clause(where)
     with store.connect(read_only=True):  # one catalog visit for the three reads
         have = store.columns("cell_meta")
         wanted = [c for c in GRID_COLUMNS if c in have] if columns is None else columns
@@ -178,6 +199,6 @@ def count_cells(
     """
     keys = ", ".join(f'"{safe_identifier(c)}"' for c in by)
     return store.sql(
-        f"SELECT {keys}, count(*) AS n FROM cell_meta {_filter(where)} "
+        f"SELECT {keys}, count(*) AS n FROM cell_meta {where_clause(where)} "
         f"GROUP BY ALL ORDER BY n DESC, {keys}"
     ).dicts()

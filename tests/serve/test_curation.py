@@ -214,3 +214,36 @@ def test_pages__curation_index_queue_selection_and_map(
     assert m.status_code == 200 and 'id="map"' in m.text
     missing = client.get("/curation/label-issues/nope")
     assert missing.status_code == 404 and "nope" in missing.text
+
+
+def test_label_issues__filtered_with_the_sandboxed_where(
+    client: TestClient,
+    demo_store,  # noqa: ANN001
+) -> None:
+    run = demo_store.audit_run
+    where = "dataset = 'mll_helmholtz'"
+    store = Store.open(demo_store.root)
+    expected = [
+        int(r[0])
+        for r in store.sql(
+            "SELECT i.cell_id FROM label_issues i JOIN cell_meta m USING (cell_id) "
+            f"WHERE i.run = ? AND m.{where} ORDER BY i.rank",
+            [run],
+        ).rows
+    ]
+    d = client.get(
+        f"/api/curation/label-issues/{run}", params={"where": where, "k": 0}
+    ).json()
+    assert 0 < d["total"] == len(expected) < 30
+    assert [i["cell_id"] for i in d["issues"]] == expected
+    bad = client.get(f"/api/curation/label-issues/{run}", params={"where": "nope = 1"})
+    assert bad.status_code == 400 and "nope" in bad.json()["error"]
+    attack = client.get(
+        f"/api/curation/label-issues/{run}", params={"where": "1=1) OR (1=1"}
+    )
+    assert attack.status_code == 400
+    page = client.get(f"/curation/label-issues/{run}", params={"where": "nope = 1"})
+    assert page.status_code == 400 and 'id="where-error"' in page.text
+    page = client.get(f"/curation/label-issues/{run}", params={"where": where})
+    assert page.status_code == 200
+    assert page.text.count('class="issue"') == min(len(expected), 20)
