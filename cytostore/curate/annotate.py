@@ -15,8 +15,8 @@ The file is checked whole before anything is written: a row that names no
 catalogued cell, a cell named twice, a value that conflicts with the one stored, a
 row with the wrong number of fields: each is reported with its line number and
 nothing is imported. Empty fields (and ``nan``, ``NA``, ``null``) mean "no value".
-The delimiter (comma, semicolon or tab) is sniffed; a UTF-8 byte-order mark is
-skipped.
+The delimiter (comma, semicolon or tab) is the one the header row uses; quoted
+values may hold delimiters and line breaks; a UTF-8 byte-order mark is skipped.
 
 Example: the LMU re-annotations (``annotations.dat``: ``path label reannotation1
 reannotation2``, space-separated, no header) as a CSV::
@@ -29,6 +29,7 @@ reannotation2``, space-separated, no header) as a CSV::
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -66,21 +67,23 @@ def _read(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
         raise InvalidArgumentError(
             f"cannot read {str(path)!r}: {exc.strerror or exc}"
         ) from None
-    try:
-        dialect: Any = csv.Sniffer().sniff(text[:8192], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(text.splitlines(), dialect)
+    # The delimiter is the one the header row uses most (its names hold none):
+    # csv.Sniffer also reads the values and misfires on notes holding ; or ,.
+    first = text.lstrip("\r\n").partition("\n")[0]
+    delimiter = max(",;\t", key=first.count) if first else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header: list[str] | None = None
     rows: list[tuple[int, list[str]]] = []
     try:
+        start = 1
         for fields in reader:
+            line, start = start, reader.line_num + 1  # a quoted value may span lines
             if not any(f.strip() for f in fields):
                 continue
             if header is None:
                 header = [f.strip() for f in fields]
                 continue
-            rows.append((reader.line_num, fields))
+            rows.append((line, fields))
     except csv.Error as exc:
         raise InvalidArgumentError(
             f"{path.name} line {reader.line_num}: not valid CSV ({exc})"

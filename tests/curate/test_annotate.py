@@ -338,3 +338,21 @@ def test_annotate_cli__drop_removes_a_column(store: Path, tmp_path: Path) -> Non
     assert missing.exit_code == 1 and "no annotation column 'note'" in missing.stderr
     both = _cli("annotate", str(store), str(f), "--drop", "other")
     assert both.exit_code == 2 and "give FILE.csv to import, or --drop" in both.stderr
+
+
+def test_annotate__quoted_values_keep_delimiters_and_line_breaks(
+    store: Path, tmp_path: Path
+) -> None:
+    text = (
+        'cell_id,note\n1,"round; pale, large"\n2,"two\nlines"\n'
+        "99999,x\n"  # line 5: the record above spans lines 3-4
+    )
+    with pytest.raises(InvalidArgumentError, match="line 5: no cell 99999"):
+        annotate(store, _csv(tmp_path / "q.csv", text))
+    annotate(store, _csv(tmp_path / "q2.csv", text.rsplit("99999", 1)[0]))
+    got = (
+        Store.open(store)
+        .sql("SELECT cell_id, note FROM cell_meta WHERE note IS NOT NULL ORDER BY 1")
+        .rows
+    )
+    assert got == [(1, "round; pale, large"), (2, "two\nlines")]
