@@ -124,25 +124,37 @@ def _check_cell(store: Store, cell_id: int) -> None:
 
 
 def cell(store: Store, cell_id: int) -> dict[str, Any]:
-    """Return a cell's metadata, tags, predictions of every head and um_per_px.
+    """Return a cell's metadata, tags, predictions, um_per_px and curation runs.
+
+    ``curation`` lists the audit runs that scored the cell (``kind`` ``audit``:
+    ``rank``, ``given_label``, ``suggested_label``, ``score``) and the select runs
+    that chose it (``kind`` ``select``: ``rank``, ``score``).
 
     Raises:
         UnknownCellError: If the id is not a catalogued cell.
     """
-    _check_cell(store, cell_id)
-    columns = store.columns("cell_meta")
-    meta = store.cell_meta([int(cell_id)], columns).dicts()[0]
-    um = store.sql(
-        "SELECT coalesce(c.um_per_px, d.um_per_px) FROM cells c "
-        "JOIN datasets d USING (dataset) "
-        "WHERE c.cell_id = ?",
-        [int(cell_id)],
-    ).rows
-    predictions = store.sql(
-        "SELECT head, label, probability FROM predictions WHERE cell_id = ? "
-        "ORDER BY head",
-        [int(cell_id)],
-    ).dicts()
+    with store.connect(read_only=True):  # one catalog visit for the five reads
+        _check_cell(store, cell_id)
+        columns = store.columns("cell_meta")
+        meta = store.cell_meta([int(cell_id)], columns).dicts()[0]
+        um = store.sql(
+            "SELECT coalesce(c.um_per_px, d.um_per_px) FROM cells c "
+            "JOIN datasets d USING (dataset) "
+            "WHERE c.cell_id = ?",
+            [int(cell_id)],
+        ).rows
+        predictions = store.sql(
+            "SELECT head, label, probability FROM predictions WHERE cell_id = ? "
+            "ORDER BY head",
+            [int(cell_id)],
+        ).dicts()
+        curation = store.sql(
+            "SELECT 'audit' AS kind, run, rank, given_label, suggested_label, score "
+            "FROM label_issues WHERE cell_id = ? UNION ALL "
+            "SELECT 'select', run, rank, NULL, NULL, score FROM selections "
+            "WHERE cell_id = ? ORDER BY kind, run",
+            [int(cell_id), int(cell_id)],
+        ).dicts()
     return jsonable(
         {
             "cell_id": int(cell_id),
@@ -150,6 +162,7 @@ def cell(store: Store, cell_id: int) -> dict[str, Any]:
             "tags": meta.get("tags") or [],
             "um_per_px": um[0][0] if um else None,
             "predictions": predictions,
+            "curation": curation,
         }
     )
 

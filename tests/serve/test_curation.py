@@ -247,3 +247,31 @@ def test_label_issues__filtered_with_the_sandboxed_where(
     page = client.get(f"/curation/label-issues/{run}", params={"where": where})
     assert page.status_code == 200
     assert page.text.count('class="issue"') == min(len(expected), 20)
+
+
+def test_cell_page__lists_the_curation_runs_of_the_cell(
+    client: TestClient,
+    demo_store,  # noqa: ANN001
+) -> None:
+    store = Store.open(demo_store.root)
+    top = read_label_issues(store, demo_store.audit_run, limit=1).dicts()[0]
+    info = client.get(f"/api/cells/{top['cell_id']}").json()
+    audit = [c for c in info["curation"] if c["kind"] == "audit"]
+    assert audit == [
+        {
+            "kind": "audit",
+            "run": demo_store.audit_run,
+            "rank": 1,
+            "given_label": top["given_label"],
+            "suggested_label": top["suggested_label"],
+            "score": pytest.approx(top["score"]),
+        }
+    ]
+    page = client.get(f"/cells/{top['cell_id']}")
+    assert page.status_code == 200 and 'id="curation"' in page.text
+    assert f"/curation/label-issues/{demo_store.audit_run}?" in page.text
+    chosen = read_selection(store, demo_store.select_run).dicts()[0]["cell_id"]
+    runs = client.get(f"/api/cells/{chosen}").json()["curation"]
+    assert {"kind": "select", "run": demo_store.select_run} in [
+        {"kind": c["kind"], "run": c["run"]} for c in runs
+    ]
