@@ -1,6 +1,7 @@
 """Heads on frozen embeddings: linear/kNN/MLP probes, attention-MIL, splits, metrics."""
 
 from cytostore.heads.abmil import ABMILHead, GatedAttention
+from cytostore.heads.compare import compare
 from cytostore.heads.explain import explain
 from cytostore.heads.knn import KNNHead
 from cytostore.heads.linear import LinearProbe
@@ -16,6 +17,7 @@ __all__ = [
     "KNNHead",
     "LinearProbe",
     "MLPHead",
+    "compare",
     "explain",
     "list_heads",
     "load_head",

@@ -444,3 +444,19 @@ def test_import_model_cli__then_embed_and_search_like_any_model(
     sims = unit @ unit[list(ids).index(1)]
     sims[list(ids).index(1)] = -2.0  # search leaves the query cell out
     assert run.output.splitlines()[1].split(",")[0] == str(ids[int(np.argmax(sims))])
+
+
+@pytest.mark.slow
+def test_pretrain__continues_from_a_dinobloom_file_with_the_vit_recipe(
+    cell_store: Store, bloom_s: dict[str, Any]
+) -> None:
+    from cytostore.embedder import pretrain
+
+    card = pretrain(
+        cell_store, "bloom-ours", backbone="dinobloom-s", init=bloom_s["path"],
+        crop_px=56, epochs=1, batch_size=4, monitor_cells=0, device="cpu",
+    )  # fmt: skip
+    assert (card.method, card.backbone, card.dim) == ("dino", "dinobloom-s", 384)
+    assert card.preprocessing.scale == "resize" and card.init == str(bloom_s["path"])
+    vectors = Encoder.load(cell_store, "bloom-ours", device="cpu").embed([1, 2])
+    assert vectors.shape == (2, 384) and np.isfinite(vectors).all()
