@@ -480,6 +480,7 @@ def train_ssl(
 
     if epochs is None and max_s is None:
         raise InvalidArgumentError("give a number of epochs or a time budget (max_s)")
+    _check_world(devices, num_nodes)
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_path = ckpt_dir / CHECKPOINT_NAME
@@ -586,6 +587,25 @@ def launch_rank(devices_per_node: int = 1) -> int:
     return int(env.get("NODE_RANK", "0")) * devices_per_node + int(
         env.get("LOCAL_RANK", "0")
     )
+
+
+def _check_world(devices: int | None, num_nodes: int) -> None:
+    """Refuse a run that torchrun started as N processes but asks for fewer.
+
+    Each process would otherwise train alone on all the data and write the same
+    files as the others.
+    """
+    from cytostore.errors import InvalidArgumentError
+
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    wanted = (devices or 1) * num_nodes
+    if launched > 1 and wanted != launched:
+        raise InvalidArgumentError(
+            f"this is one of {launched} processes started together (WORLD_SIZE="
+            f"{launched}) but --devices x --num-nodes is {wanted}: pass --devices "
+            "(processes per node) and --num-nodes so that they multiply to "
+            f"{launched}, with --strategy ddp"
+        )
 
 
 def global_rank() -> int:

@@ -199,3 +199,28 @@ def test_ddp_pretrain__a_failing_rank_fails_the_command_naming_it(
     ), done.stderr[-3000:]
     assert Store.open(synthetic_store_copy).sql("SELECT name FROM models").rows == []
     assert not (synthetic_store_copy / "models" / "ddp" / "backbone.pt").exists()
+
+
+def test_train_ssl__refuses_fewer_devices_than_launched_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from cytostore.embedder.train import TrainConfig, train_ssl
+    from cytostore.errors import InvalidArgumentError
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(InvalidArgumentError, match=r"one of 4 processes .* is 2"):
+        train_ssl(
+            None,  # type: ignore[arg-type]  # refused before the method is used
+            np.zeros((8, 8, 8, 3), np.uint8),
+            ["d"] * 8,
+            TrainConfig(batch_size=2),
+            (0.5,) * 3,
+            (0.2,) * 3,
+            tmp_path / "run",
+            epochs=1,
+            device="cpu",
+            devices=2,
+        )
+    assert not (tmp_path / "run").exists()  # nothing written
