@@ -217,9 +217,11 @@ def label_issues(
             ``label = 'BLA'`` to review one class.
 
     Returns:
-        ``{"run", "model", "label_column", "params", "total", "reviewed",
-        "limit", "offset", "issues": [...]}``: ``total`` counts the suspects the
-        ``reviewed`` choice keeps, ``reviewed`` the run's reviewed cells; each
+        ``{"run", "where", "model", "label_column", "params", "total",
+        "flagged", "reviewed", "limit", "offset", "issues": [...]}``: ``total``
+        counts the suspects the ``reviewed`` choice and ``where`` keep,
+        ``flagged`` those of them confident learning flags, ``reviewed`` the
+        run's reviewed cells; each
         issue has ``rank``, ``cell_id``, ``given_label``, ``suggested_label``,
         ``score``, ``neighbor_agreement``, ``is_issue``, ``dataset``,
         ``patient_id``, ``tags`` and ``lookalikes`` (``{"error", "cells"}``).
@@ -248,7 +250,8 @@ def label_issues(
         counts = store.sql(
             f"SELECT count(*) FILTER (WHERE TRUE {keep[mode]}), "
             f"count(*) FILTER (WHERE {tagged}), any_value(i.model), "
-            f"any_value(i.label_column) {base}",
+            f"any_value(i.label_column), count(*) FILTER (WHERE i.is_issue "
+            f"{keep[mode]}) {base}",
             [run],
         ).rows[0]
         rows = store.sql(
@@ -277,6 +280,7 @@ def label_issues(
             "created_at": info["created_at"],
             "total": int(counts[0]),
             "reviewed": int(counts[1]),
+            "flagged": int(counts[4]),
             "limit": n,
             "offset": skip,
             "issues": rows,

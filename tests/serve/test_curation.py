@@ -55,6 +55,7 @@ def test_api_label_issues__ranked_page_with_lookalikes_from_other_patients(
     assert r.status_code == 200, r.text
     d = r.json()
     assert d["total"] == len(expected) and d["reviewed"] == 0
+    assert d["flagged"] == sum(bool(e["is_issue"]) for e in expected) > 0
     assert d["model"] == "random-tiny" and d["label_column"] == "label"
     got = d["issues"]
     assert [g["cell_id"] for g in got] == [e["cell_id"] for e in expected[16:22]]
