@@ -163,7 +163,7 @@ def step_index(root: Path, n: int, factory: str) -> dict[str, Any]:
 
     store = Store.open(root)
     t0 = time.perf_counter()
-    es = store.build_index(SET, factory)
+    es = store.build_index(SET, factory, rebuild=True)
     elapsed = time.perf_counter() - t0
     return {
         "elapsed_s": elapsed,
@@ -177,6 +177,12 @@ def step_truth(root: Path, n: int) -> dict[str, Any]:
     """Exact top-10 of the queries over all vectors (plain chunked reads)."""
     from cytostore.store import Store
 
+    done = root / "truth.json"
+    while (root / "truth.running").exists() and not done.is_file():
+        time.sleep(5)  # another process is computing it (bench run by hand)
+    if done.is_file():  # computed by an earlier (or concurrent) run of this step
+        doc: dict[str, Any] = json.loads(done.read_text())
+        return doc
     store = Store.open(root)
     es = store.embedding_set(SET)
     q = queries()
@@ -196,7 +202,9 @@ def step_truth(root: Path, n: int) -> dict[str, Any]:
             best_i = np.take_along_axis(i_all, top, 1)
     elapsed = time.perf_counter() - t0
     np.save(root / "truth_ids.npy", best_i)
-    return {"elapsed_s": elapsed, "bytes": 0}
+    doc = {"elapsed_s": elapsed, "bytes": 0, "peak_rss": _peak_rss()}
+    done.write_text(json.dumps(doc))
+    return doc
 
 
 def step_search(root: Path, n: int) -> dict[str, Any]:
@@ -329,7 +337,7 @@ def _child(name: str, root: Path, n: int, factory: str) -> None:
     before = _rss()
     fn: Any = STEPS[name]
     doc = fn(root, n, factory) if name == "index" else fn(root, n)
-    doc["peak_rss"] = _peak_rss()
+    doc.setdefault("peak_rss", _peak_rss())
     doc["rss_before"] = before
     doc["load"] = os.getloadavg()
     print(json.dumps(doc, default=str))
@@ -375,6 +383,11 @@ def main() -> int:
     parser.add_argument("--root", type=Path, default=Path("/tmp/sc-scale/store"))
     parser.add_argument("--factory", default=None)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the store under --root and the steps already measured there",
+    )
     parser.add_argument("--step", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     n = args.n or (200_000 if args.quick else 10_000_000)
@@ -382,16 +395,25 @@ def main() -> int:
     if args.step:
         _child(args.step, args.root, n, factory)
         return 0
-    shutil.rmtree(args.root, ignore_errors=True)
+    if not args.resume:
+        shutil.rmtree(args.root, ignore_errors=True)
     args.root.parent.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     res: dict[str, dict[str, Any]] = {}
+    saved = args.root.parent / (args.root.name + "-steps")
+    saved.mkdir(exist_ok=True)
     try:
         for name in STEPS:
+            done = saved / f"{name}.json"
+            if args.resume and done.is_file():
+                res[name] = json.loads(done.read_text())
+                continue
             res[name] = _run_step(name, args.root, n, factory)
+            done.write_text(json.dumps(res[name], default=str))
     finally:
         if not args.keep:
             shutil.rmtree(args.root, ignore_errors=True)
+            shutil.rmtree(saved, ignore_errors=True)
     load_after = os.getloadavg()
     _report(res, n, factory, load_before, load_after, args.quick)
     return 0

@@ -1,12 +1,16 @@
 """FAISS indexes over embedding sets: ``STORE/indexes/<set_id>.faiss``.
 
-An index is ``IndexIDMap2`` over any FAISS factory string (``Flat``, ``HNSW32``,
-``IVF1024,Flat``, ``IVF4096,PQ48``...), so its ids are catalog cell ids. Indexes that
-need training are trained on a seeded sample of the set. The catalog records the
-factory, the search parameters and how many rows the index holds (``n_indexed``); the
-index is extended with the rows embedded since, or rebuilt when the factory changes.
-Rows committed after the last index write are still searched (exactly), so an index
-that lags behind a running ``embed`` never hides vectors.
+An index is any FAISS factory string (``Flat``, ``HNSW32``, ``IVF1024,Flat``,
+``IVF4096,PQ48``...) whose ids are catalog cell ids: a compressed IVF index
+(``IVF…,PQ…``, ``IVF…,SQ…``) stores them in its lists itself; any other is wrapped
+in ``IndexIDMap2``, whose id map and reverse map cost ~50 bytes a vector in RAM
+(more than PQ codes, so compressed IVF indexes are spared them).
+Indexes that need training are trained on a seeded sample of the set. The catalog
+records the factory, the search parameters and how many rows the index holds
+(``n_indexed``); the index is extended with the rows embedded since, or rebuilt
+when the factory changes. Rows committed after the last index write are still
+searched (exactly), so an index that lags behind a running ``embed`` never hides
+vectors.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ __all__ = [
     "RECOMMENDED_FACTORIES",
     "DEFAULT_K_FACTOR",
     "is_lossy",
+    "inner_index",
 ]
 
 logger = logging.getLogger(__name__)
@@ -97,6 +102,22 @@ def default_search_params(index: faiss.Index) -> dict[str, Any]:
     if isinstance(inner, faiss.IndexHNSW):
         return {"efSearch": 128}
     return {}
+
+
+def inner_index(index: Any) -> Any:
+    """Return the index under an ``IndexIDMap2`` wrapper, or ``index`` itself.
+
+    Examples:
+        >>> import faiss
+        >>> type(inner_index(faiss.IndexIDMap2(faiss.IndexFlatIP(4)))).__name__
+        'IndexFlatIP'
+    """
+    import faiss
+
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexIDMap):
+        return faiss.downcast_index(inner.index)
+    return inner
 
 
 def is_lossy(index: Any) -> bool:
@@ -314,7 +335,10 @@ def _build_locked(
                     f"cannot train index {factory!r} on set {es.name!r}: "
                     f"{str(exc).splitlines()[0]}"
                 ) from None
-        idx = faiss.IndexIDMap2(base)
+        # A compressed IVF index keeps the cell ids in its lists: IndexIDMap2's
+        # maps (~50 B a vector in RAM) would outweigh its codes (e.g. 40 B).
+        native = isinstance(base, faiss.IndexIVF) and is_lossy(base)
+        idx = base if native else faiss.IndexIDMap2(base)
         fresh = True
         params = (
             search_params if search_params is not None else default_search_params(base)
@@ -322,7 +346,7 @@ def _build_locked(
     else:
         params = search_params if search_params is not None else es.search_params
     start, total = int(idx.ntotal), es.n_vectors
-    if fresh and isinstance(faiss.downcast_index(idx.index), faiss.IndexFlat):
+    if fresh and isinstance(inner_index(idx), faiss.IndexFlat):
         _fill_flat(idx, store, es, progress)
     for lo in range(int(idx.ntotal), total, _ADD_CHUNK_ROWS):
         hi = min(lo + _ADD_CHUNK_ROWS, total)
@@ -419,7 +443,8 @@ def load_index(store: Store, es: EmbeddingSet) -> Any:
     """Load the set's index (cached per process while the file is unchanged).
 
     Returns:
-        The ``faiss.IndexIDMap2``, or ``None`` when the set has no index file yet.
+        The index (an ``IndexIVF``, or an ``IndexIDMap2`` over any other kind;
+        its ids are cell ids), or ``None`` when the set has no index file yet.
         Its ``ntotal`` lies between the catalog's ``n_indexed`` and ``n_vectors``
         (a killed writer may have replaced the file but not updated the catalog).
 

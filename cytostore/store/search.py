@@ -46,6 +46,7 @@ from cytostore.store.index import (
     DEFAULT_K_FACTOR,
     faiss_metric,
     index_path,
+    inner_index,
     is_lossy,
     load_index,
 )
@@ -171,7 +172,7 @@ class Searcher:
         self.n_indexed = int(self.index.ntotal) if self.index is not None else 0
         self._metric = faiss_metric(self.es.metric)
         self._exact = self.index is not None and isinstance(
-            faiss.downcast_index(self.index.index), faiss.IndexFlat
+            inner_index(self.index), faiss.IndexFlat
         )
         self._k_factor = 1
         if self.index is not None and is_lossy(self.index):
@@ -362,7 +363,7 @@ class Searcher:
 def _filterable(index: Any) -> bool:
     import faiss
 
-    inner = faiss.downcast_index(index.index)
+    inner = inner_index(index)
     return isinstance(inner, faiss.IndexFlat | faiss.IndexIVF | faiss.IndexHNSW)
 
 
@@ -371,7 +372,7 @@ def _search_parameters(index: Any, params: dict[str, Any], sel: Any) -> Any:
     import faiss as _faiss
 
     faiss: Any = _faiss
-    inner = faiss.downcast_index(index.index)
+    inner = inner_index(index)
     if isinstance(inner, faiss.IndexIVF):
         p: Any = faiss.SearchParametersIVF()
         p.nprobe = int(params.get("nprobe", 1))
