@@ -221,9 +221,10 @@ def step_search(root: Path, n: int) -> dict[str, Any]:
     # recall stays under the target (each setting is recorded with build-index)
     base = dict(es.search_params)
     sweep = []
-    for mult, k_factor in ((1, base.get("k_factor", 8)), (2, 8), (4, 16)):
+    kf = int(base.get("k_factor", 1))
+    for mult, k_factor in ((1, kf), (1, 2 * kf), (2, 2 * kf)):
         params = {**base, "nprobe": base["nprobe"] * mult, "k_factor": k_factor}
-        if mult > 1:
+        if params != base:
             store.build_index(SET, search_params=params)
             store.search(q[:1], 10, model=SET)  # reload
         t0 = time.perf_counter()

@@ -46,7 +46,7 @@ def test_compressed_index__reranks_candidates_with_exact_distances(
 ) -> None:
     store, ids, x = pq_store
     es = store.embedding_set("m")
-    assert es.search_params == {"nprobe": 8, "k_factor": 8}
+    assert es.search_params == {"nprobe": 8, "k_factor": 32}
     q = _clustered(50, 1)
     d_true, i_true = faiss.knn(q, x, 10, metric=faiss.METRIC_INNER_PRODUCT)
     dist, found = store.search(q, 10, model="m")
