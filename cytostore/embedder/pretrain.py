@@ -230,6 +230,11 @@ def pretrain(
     if overwrite and not resume and rank == 0:
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     if method == "none":
+        if _world(devices, num_nodes) > 1:
+            raise InvalidArgumentError(
+                "--method none registers a random init and trains nothing: run it "
+                "as one process, without --devices/--num-nodes"
+            )
         return register_random_model(
             store,
             name,

@@ -224,3 +224,18 @@ def test_train_ssl__refuses_fewer_devices_than_launched_processes(
             devices=2,
         )
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_pretrain__random_init_refuses_ddp(tmp_store: Store) -> None:
+    from click.testing import CliRunner
+
+    from cytostore.cli import main
+
+    args = ["pretrain", str(tmp_store.root), "--name", "r", "--method", "none"]
+    done = CliRunner().invoke(main, [*args, "--devices", "2", "--strategy", "ddp"])
+    assert done.exit_code == 2
+    assert done.output.splitlines()[-1] == (
+        "Error: --method none registers a random init and trains nothing: run it "
+        "as one process, without --devices/--num-nodes"
+    )
+    assert tmp_store.sql("SELECT count(*) FROM models").rows == [(0,)]
