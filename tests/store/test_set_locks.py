@@ -81,13 +81,29 @@ def test_build_index__extending_leaves_a_loaded_searcher_unchanged(
     assert vec_store.searcher("m").index.ntotal == 304
 
 
-def test_merge__refuses_while_a_shard_is_being_written(cells_store: Store) -> None:
+def test_merge__leaves_a_shard_being_written_for_a_later_merge(
+    cells_store: Store,
+) -> None:
     x = random_vectors(2000, 8, seed=1)
     first, second = _halves(cells_store)
     _shard(cells_store, 1, 2, x, first)
     _shard(cells_store, 2, 2, x, second)
     with cells_store.vector_writer("m@2/2"):
-        with pytest.raises(StoreBusyError, match="'m@2/2' is being written"):
+        report = cells_store.merge("m")
+        assert (report["shards"], report["busy"]) == (["1/2"], ["2/2"])
+        assert sorted(s.name for s in cells_store.embedding_sets()) == ["m", "m@2/2"]
+    report = cells_store.merge("m")
+    assert (report["shards"], report["busy"]) == (["2/2"], [])
+    assert (report["n_vectors"], report["skipped"]) == (2000, 0)
+
+
+def test_merge__refuses_while_every_shard_is_being_written(cells_store: Store) -> None:
+    x = random_vectors(2000, 8, seed=1)
+    first, second = _halves(cells_store)
+    _shard(cells_store, 1, 2, x, first)
+    _shard(cells_store, 2, 2, x, second)
+    with cells_store.vector_writer("m@1/2"), cells_store.vector_writer("m@2/2"):
+        with pytest.raises(StoreBusyError, match="every shard of model 'm' is being"):
             cells_store.merge("m")
     assert [s.name for s in cells_store.embedding_sets()] == ["m@1/2", "m@2/2"]
     report = cells_store.merge("m")
