@@ -42,7 +42,7 @@ from cytostore.store import Store
 
 PBC = Path("/tmp/shared-stores/pbc")
 #: cells embedded per size (a ViT-G forward at 224 px takes seconds on a CPU)
-CELLS = {"s": 96, "b": 48, "l": 16, "g": 4}
+CELLS = {"s": 96, "b": 48, "l": 16, "g": 16}
 CELLS_QUICK = {"s": 24, "b": 12, "l": 4, "g": 2}
 TOKENS = 257  # 16 x 16 patches of 14 px + CLS at 224 px
 
