@@ -13,12 +13,18 @@ learning [0] over the average:
 
 ``pred_probs = (probe + neighbours) / 2`` (the probe alone where a cell has no
 neighbour from another patient). cleanlab then gives ``is_issue``
-(``cleanlab.filter.find_label_issues``: prune by noise rate of the confident joint)
-and the label quality ``q`` (``cleanlab.rank.get_label_quality_scores``,
-self-confidence: the probability of the given label). ``score = 1 - q``: 0-1,
-higher = more likely mislabelled; ``rank`` orders by score (ties by cell id);
-``suggested_label`` is the most probable class; ``neighbor_agreement`` is the
-plain share of the ``k`` neighbours that carry the given label.
+(``cleanlab.filter.find_label_issues``: prune by noise rate of the confident joint,
+whose per-class thresholds allow for classes that look alike) and a label quality
+``q`` (``cleanlab.rank.get_label_quality_scores``: the mean of its
+``self_confidence``, the probability of the given label, and its
+``normalized_margin``, that probability against the best other class's).
+``score = (is_issue + 1 - q) / 2``: 0-1, higher = more likely mislabelled, above
+0.5 exactly for the flagged cells (every flagged cell ranks above every other);
+``rank`` orders by score (ties by cell id); ``suggested_label`` is the most
+probable class; ``neighbor_agreement`` is the plain share of the ``k`` neighbours
+that carry the given label. (On planted flips in ``bench/bench_audit.py``
+self-confidence alone ranks uniform noise slightly better, the margin noise towards
+a look-alike class; the mean and the flags-first order hold up on both.)
 
 [0] Northcutt, Jiang, Chuang, Confident Learning: Estimating Uncertainty in Dataset
 Labels, JAIR 2021, https://arxiv.org/abs/1911.00068
@@ -153,13 +159,21 @@ def score_label_issues(
     agreement = np.where(n_nb > 0, same / np.maximum(n_nb, 1), np.nan)
     with warnings.catch_warnings():  # cleanlab warns about tiny classes; we report
         warnings.simplefilter("ignore")
-        quality = get_label_quality_scores(y, mixed, method="self_confidence")
+        quality = (
+            np.asarray(
+                get_label_quality_scores(y, mixed, method="self_confidence"), np.float64
+            )
+            + np.asarray(
+                get_label_quality_scores(y, mixed, method="normalized_margin"),
+                np.float64,
+            )
+        ) / 2.0
         try:
-            flagged = find_label_issues(y, mixed)
+            flagged = np.asarray(find_label_issues(y, mixed), dtype=bool)
         except ValueError as exc:  # e.g. a class absent from the probabilities
             logger.warning("confident learning could not flag issues: %s", exc)
             flagged = np.zeros(y.size, dtype=bool)
-    score = np.clip(1.0 - np.asarray(quality, np.float64), 0.0, 1.0)
+    score = np.clip((flagged + (1.0 - quality)) / 2.0, 0.0, 1.0)
     order = np.lexsort((np.arange(y.size), -score))
     rank = np.empty(y.size, dtype=np.int64)
     rank[order] = np.arange(1, y.size + 1)
