@@ -99,9 +99,10 @@ def audit(
     Every labelled cell gets a score (0-1, higher = more likely mislabelled) from
     cleanlab's confident learning over the mean of two out-of-sample opinions: a
     linear probe's out-of-fold probabilities (patient-grouped folds when the cells
-    have patients) and the vote of the cell's k nearest cells from other patients.
-    Rows go to the table label_issues under the run name; the top suspects are
-    printed (json: the whole report) and drawn beside their look-alikes.
+    have patients) and the vote of the cell's k nearest cells from other patients;
+    the cells it flags (is_issue) score above 0.5. Rows go to the table
+    label_issues under the run name; the top suspects are printed (json: the whole
+    report) and drawn beside their look-alikes.
 
     \b
     Example:
