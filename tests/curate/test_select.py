@@ -94,7 +94,9 @@ def test_balanced_quotas__even_within_sizes(sizes: dict[str, int], n: int) -> No
         balanced_quotas(sizes, sum(sizes.values()) + 1)
 
 
-def test_select__writes_table_csv_and_montage(blob_store: Store, tmp_path: Path) -> None:
+def test_select__writes_table_csv_and_montage(
+    blob_store: Store, tmp_path: Path
+) -> None:
     out = select(
         blob_store,
         "m",
