@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import FLIPPED, N_PATIENTS
+from curate_blobs import FLIPPED, N_PATIENTS, build_blob_store
 
 from cytostore.cli import main
 from cytostore.curate import audit, score_label_issues
@@ -22,7 +22,8 @@ def _rows(store: Store) -> list[tuple]:
     return store.sql("SELECT * FROM label_issues ORDER BY run, cell_id").rows
 
 
-def test_audit__planted_errors_rank_first(blob_store: Store, tmp_path: Path) -> None:
+def test_audit__planted_errors_rank_first(tmp_path: Path) -> None:
+    blob_store = build_blob_store(tmp_path)
     result = audit(blob_store, "m", "label", montage=tmp_path / "a.png", top=4)
     assert result.n_cells == 160 and result.split == "patient"
     rows = read_label_issues(blob_store, "label-m").dicts()
@@ -49,7 +50,8 @@ def test_audit__planted_errors_rank_first(blob_store: Store, tmp_path: Path) -> 
     assert (tmp_path / "a.png").stat().st_size > 0 and len(result.top) == 4
 
 
-def test_audit__rerun_replaces_its_run_only(blob_store: Store) -> None:
+def test_audit__rerun_replaces_its_run_only(tmp_path: Path) -> None:
+    blob_store = build_blob_store(tmp_path)
     audit(blob_store, "m", "label", name="one", where="patient_id <> 'P0'", folds=2)
     audit(blob_store, "m", "label", name="two", folds=2)
     before_two = [r for r in _rows(blob_store) if r[0] == "two"]
@@ -59,7 +61,8 @@ def test_audit__rerun_replaces_its_run_only(blob_store: Store) -> None:
     assert [r for r in _rows(blob_store) if r[0] == "two"] == before_two
 
 
-def test_audit__neighbours_come_from_other_patients(blob_store: Store) -> None:
+def test_audit__neighbours_come_from_other_patients(tmp_path: Path) -> None:
+    blob_store = build_blob_store(tmp_path)
     cells = load_cells(blob_store, "m", None, ["dataset", "patient_id"])
     groups = groups_of(cells)
     _, nb = other_group_neighbors(blob_store, "m", cells.ids, groups, 5)
@@ -68,7 +71,8 @@ def test_audit__neighbours_come_from_other_patients(blob_store: Store) -> None:
         assert len(row) == 5 and all(patient[n] != patient[cid] for n in row)
 
 
-def test_audit__one_patient_cells_have_no_neighbours(blob_store: Store) -> None:
+def test_audit__one_patient_cells_have_no_neighbours(tmp_path: Path) -> None:
+    blob_store = build_blob_store(tmp_path)
     cells = load_cells(blob_store, "m", "patient_id = 'P1'", ["dataset", "patient_id"])
     sim, nb = other_group_neighbors(blob_store, "m", cells.ids, groups_of(cells), 3)
     assert (nb == -1).all() and np.isnan(sim).all()
@@ -99,7 +103,8 @@ def test_score_label_issues__no_neighbours_means_probe_alone() -> None:
     assert np.isnan(s.neighbor_agreement).all()
 
 
-def test_audit__bad_input_changes_nothing(blob_store: Store) -> None:
+def test_audit__bad_input_changes_nothing(tmp_path: Path) -> None:
+    blob_store = build_blob_store(tmp_path)
     audit(blob_store, "m", "label", name="keep", folds=2)
     before = _rows(blob_store)
     with pytest.raises(UnknownColumnError, match="did you mean 'label'"):
@@ -110,9 +115,8 @@ def test_audit__bad_input_changes_nothing(blob_store: Store) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["table", "json"])
-def test_audit_cli__prints_top_and_summary(
-    blob_store: Store, tmp_path: Path, fmt: str
-) -> None:
+def test_audit_cli__prints_top_and_summary(tmp_path: Path, fmt: str) -> None:
+    blob_store = build_blob_store(tmp_path)
     out = tmp_path / "m.png"
     res = CliRunner().invoke(
         main,
@@ -149,7 +153,8 @@ def test_audit_cli__prints_top_and_summary(
     assert out.is_file()
 
 
-def test_audit_cli__unknown_label_is_one_line_exit_1(blob_store: Store) -> None:
+def test_audit_cli__unknown_label_is_one_line_exit_1(tmp_path: Path) -> None:
+    blob_store = build_blob_store(tmp_path)
     res = CliRunner().invoke(
         main,
         ["audit", str(blob_store.root), "--model", "m", "--label", "nope"],

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import CLASSES, N_PATIENTS, PER_CLASS, blob_vectors
+from curate_blobs import CLASSES, N_PATIENTS, PER_CLASS, blob_vectors, build_blob_store
 
 from cytostore.cli import main
 from cytostore.curate import select
@@ -20,7 +20,7 @@ from cytostore.curate.select import (
     typiclust,
 )
 from cytostore.errors import InvalidArgumentError, UnknownColumnError
-from cytostore.store import Store, read_selection
+from cytostore.store import read_selection
 
 
 def _reference_k_center(X: np.ndarray, n: int, anchors: np.ndarray) -> list[int]:
@@ -94,9 +94,8 @@ def test_balanced_quotas__even_within_sizes(sizes: dict[str, int], n: int) -> No
         balanced_quotas(sizes, sum(sizes.values()) + 1)
 
 
-def test_select__writes_table_csv_and_montage(
-    blob_store: Store, tmp_path: Path
-) -> None:
+def test_select__writes_table_csv_and_montage(tmp_path: Path) -> None:
+    blob_store = build_blob_store(tmp_path)
     out = select(
         blob_store,
         "m",
@@ -119,14 +118,16 @@ def test_select__writes_table_csv_and_montage(
     assert (tmp_path / "s.png").stat().st_size > 0
 
 
-def test_select__exclude_labelled_skips_and_anchors(blob_store: Store) -> None:
+def test_select__exclude_labelled_skips_and_anchors(tmp_path: Path) -> None:
+    blob_store = build_blob_store(tmp_path)
     out = select(blob_store, "m", 10, "diversity", exclude_labelled="cell_type")
     assert out.n_labelled == 16 and out.n_candidates == 144
     chosen = [r["cell_id"] for r in out.rows]
     assert all((c - 1) % 10 != 0 for c in chosen)
 
 
-def test_select__uncertainty_uses_the_head(blob_store: Store) -> None:
+def test_select__uncertainty_uses_the_head(tmp_path: Path) -> None:
+    blob_store = build_blob_store(tmp_path)
     from cytostore.heads import probe
 
     probe(blob_store, "m", "label", kind="linear", name="lin", split="stratified")
@@ -136,7 +137,8 @@ def test_select__uncertainty_uses_the_head(blob_store: Store) -> None:
     assert all(0.0 <= s <= 1.0 for s in scores)
 
 
-def test_select__bad_input_changes_nothing(blob_store: Store, tmp_path: Path) -> None:
+def test_select__bad_input_changes_nothing(tmp_path: Path) -> None:
+    blob_store = build_blob_store(tmp_path)
     select(blob_store, "m", 3, "diversity", name="keep")
     before = blob_store.sql("SELECT * FROM selections ORDER BY rank").rows
     csv_path = tmp_path / "x.csv"
@@ -153,8 +155,9 @@ def test_select__bad_input_changes_nothing(blob_store: Store, tmp_path: Path) ->
 
 @pytest.mark.parametrize("fmt", ["table", "json"])
 def test_select_cli__rows_summary_and_files(
-    blob_store: Store, tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    blob_store = build_blob_store(tmp_path)
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(
         main,
@@ -195,12 +198,12 @@ def test_select_cli__rows_summary_and_files(
     ],
 )
 def test_select_cli__refused_input_exits_2_and_writes_nothing(
-    blob_store: Store,
     tmp_path: Path,
     args: list[str],
     message: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    blob_store = build_blob_store(tmp_path)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)

@@ -1,11 +1,10 @@
-"""A small store of well-separated Gaussian blobs: 4 classes, 8 patients, real PNGs."""
+"""Helpers of the curation tests: a store of Gaussian blobs (4 classes, 8 patients)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from cytostore.store import Store
@@ -60,9 +59,3 @@ def build_blob_store(root: Path, flipped: tuple[int, ...] = FLIPPED) -> Store:
     with store.vector_writer(es) as w:
         w.append(ids, X)
     return store
-
-
-@pytest.fixture
-def blob_store(tmp_path: Path) -> Store:
-    """The blob store with :data:`FLIPPED` labels planted wrong."""
-    return build_blob_store(tmp_path)
