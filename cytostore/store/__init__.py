@@ -5,7 +5,20 @@ the maintenance verbs (``verify``, ``ls``, ``gc``, ``relocate``, ``remove``); th
 names below are what the upper floors need besides it.
 """
 
-from cytostore.store.browse import GRID_COLUMNS, browse_cells, count_cells
+from cytostore.store.annotations import (
+    annotation_columns,
+    drop_annotations,
+    find_cells,
+    refuse_rows,
+    write_annotations,
+)
+from cytostore.store.browse import (
+    GRID_COLUMNS,
+    browse_cells,
+    catalog_stamp,
+    count_cells,
+    where_clause,
+)
 from cytostore.store.catalog import (
     CATALOG_FILE,
     CELL_COLUMNS,
@@ -14,10 +27,23 @@ from cytostore.store.catalog import (
     safe_identifier,
 )
 from cytostore.store.checksums import forget_files, record_file, record_tree
+from cytostore.store.curation import (
+    CURATION_KINDS,
+    check_run_name,
+    curation_runs,
+    delete_curation_run,
+    read_label_issues,
+    read_map,
+    read_selection,
+    write_label_issues,
+    write_map,
+    write_selection,
+)
 from cytostore.store.faults import fault_point
 from cytostore.store.index import check_factory
 from cytostore.store.inventory import MODEL_COLUMNS, list_models, ls
 from cytostore.store.merge import parse_shard
+from cytostore.store.mixing import MIXING_K, mixing_score, store_mixing_score
 from cytostore.store.paths import is_inside, resolve_inside
 from cytostore.store.sandbox import check_query, parse_where
 from cytostore.store.search import to_similarity
@@ -36,36 +62,56 @@ from cytostore.store.writers import (
 __all__ = [
     "CATALOG_FILE",
     "CELL_COLUMNS",
+    "CURATION_KINDS",
     "Catalog",
     "DTYPES",
     "GRID_COLUMNS",
+    "MIXING_K",
     "EmbeddingSet",
     "EmbeddingSetHandle",
     "MODEL_COLUMNS",
     "QueryResult",
     "Store",
     "VectorWriter",
+    "annotation_columns",
     "browse_cells",
+    "catalog_stamp",
     "check_factory",
     "check_query",
+    "check_run_name",
+    "curation_runs",
+    "delete_curation_run",
     "delete_head_row",
     "delete_model_row",
+    "drop_annotations",
     "fault_point",
     "count_cells",
+    "find_cells",
     "forget_files",
     "is_inside",
     "list_models",
     "ls",
+    "mixing_score",
     "parse_shard",
     "parse_where",
+    "read_label_issues",
+    "read_map",
+    "read_selection",
     "record_file",
     "record_tree",
+    "refuse_rows",
     "resolve_inside",
     "safe_identifier",
+    "store_mixing_score",
     "to_similarity",
+    "write_annotations",
     "write_attention",
     "write_head_row",
+    "write_label_issues",
+    "write_map",
     "write_model_row",
     "write_patient_predictions",
     "write_predictions",
+    "where_clause",
+    "write_selection",
 ]

@@ -642,15 +642,39 @@ class Catalog:
             if has_tags
             else ""
         )
+        # Imported annotation columns (cytostore annotate) join last; a name the
+        # view already has from cells or patients is left out (annotate refuses it).
+        taken = (
+            {
+                r[0].lower()
+                for r in con.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = 'cells'"
+                ).fetchall()
+            }
+            | {c.lower() for c in extra}
+            | {"layout", "tags"}
+        )
+        notes = [
+            r[0]
+            for r in con.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'annotations' ORDER BY ordinal_position"
+            ).fetchall()
+            if r[0].lower() not in taken
+        ]
+        notes_col = "".join(f', a."{c}"' for c in notes)
+        notes_join = "LEFT JOIN annotations a ON a.cell_id = c.cell_id" if notes else ""
         con.execute(
             f"""
             CREATE OR REPLACE VIEW cell_meta AS
-            SELECT c.*{select_p}, d.layout{tags_col}
+            SELECT c.*{select_p}, d.layout{tags_col}{notes_col}
             FROM cells c
             LEFT JOIN patients p
               ON p.dataset = c.dataset AND p.patient_id = c.patient_id
             LEFT JOIN datasets d ON d.dataset = c.dataset
             {tags_join}
+            {notes_join}
             """
         )
 

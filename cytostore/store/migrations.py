@@ -212,6 +212,20 @@ CREATE TABLE maps (
 );
 """
 
+_M037_ANNOTATIONS = """
+CREATE TABLE annotations (
+    cell_id  BIGINT PRIMARY KEY
+);
+CREATE TABLE annotation_columns (
+    name        VARCHAR PRIMARY KEY,
+    type        VARCHAR NOT NULL,
+    source      VARCHAR,
+    key         VARCHAR,
+    created_at  TIMESTAMP,
+    updated_at  TIMESTAMP
+);
+"""
+
 MIGRATIONS: list[Migration] = [
     (1, "m001_catalog", _M001_CATALOG),
     (2, "m002_models_heads_predictions", _M002_LATER_FLOORS),
@@ -224,4 +238,5 @@ MIGRATIONS: list[Migration] = [
     (34, "m034_cell_id_high_water", _M034_ID_HIGH_WATER),
     (35, "m035_prediction_provenance", _M035_PREDICTION_PROVENANCE),
     (36, "m036_curation", _M036_CURATION),
+    (37, "m037_annotations", _M037_ANNOTATIONS),
 ]
