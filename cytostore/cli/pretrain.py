@@ -193,6 +193,8 @@ def pretrain(
         cytostore pretrain demo-out/store --name r50-dino --devices 4 --strategy ddp
         cytostore pretrain demo-out/store --name tiny-random --backbone tiny \\
             --method none
+        cytostore pretrain demo-out/store --name bloom-ours --backbone dinobloom-s \\
+            --init DinoBloom-S.pth --epochs 20  # continue DinoBloom (GPU)
     """
     from cytostore.embedder.pretrain import pretrain as run_pretrain
     from cytostore.embedder.train import global_rank
@@ -241,8 +243,12 @@ def pretrain(
         )
     }
     shown["knn_monitor"] = card.knn_accuracy
+    mixing = (card.knn_monitor or {}).get("mixing") or {}
+    shown["dataset_mixing"] = mixing.get("dataset")
     echo_result(render_report(doc if fmt in ("json", "jsonl") else shown, fmt))
     knn = "" if card.knn_accuracy is None else f", kNN monitor {card.knn_accuracy:.3f}"
+    if mixing.get("dataset") is not None:
+        knn += f", dataset mixing {mixing['dataset']:.3f} (0 = mixed, 1 = apart)"
     echo_summary(
         f"registered {card.name}: {card.method}/{card.backbone}, {card.epochs} epochs "
         f"in {card.wall_s:.0f} s{knn}"

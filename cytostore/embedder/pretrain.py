@@ -302,6 +302,7 @@ def pretrain(
         prep.std,
         k=20,
         curves_path=folder / CURVES_FILE,
+        datasets=[str(v) for v in datasets[monitor_idx]],
     )
     max_s = None
     if max_minutes is not None:
@@ -437,13 +438,20 @@ def _knn_card(
     if not history.has_monitor:
         return None
     final = next((v for v in reversed(knn_hist) if v is not None), None)
-    return {
+    card: dict[str, Any] = {
         "accuracy": final,
         "k": history.k,
         "label": label,
         "cells": cells,
         "history": knn_hist,
     }
+    mixing = [e.get("mixing") for e in history.epochs]
+    if any(m is not None for m in mixing):
+        # The store's neighbourhood mixing score of the monitor cells (0 = datasets
+        # mixed as by chance, 1 = separated): the last epoch's, and its history.
+        card["mixing"] = next(m for m in reversed(mixing) if m is not None)
+        card["mixing_history"] = [None if m is None else m["dataset"] for m in mixing]
+    return card
 
 
 def curves_path(store: Store, name: str) -> Path:
