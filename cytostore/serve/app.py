@@ -36,7 +36,7 @@ from cytostore.errors import (
     UploadTooLargeError,
     WriteRefusedError,
 )
-from cytostore.serve import api, curation_routes, pages
+from cytostore.serve import api, curation_routes, pages, pixels
 from cytostore.serve.cache import CatalogCache
 from cytostore.serve.images import ThumbnailCache
 from cytostore.serve.security import Guard
@@ -155,6 +155,7 @@ def create_app(
             *pages.ROUTES,
             *curation_routes.ROUTES,
             *api.ROUTES,
+            *pixels.ROUTES,
             Mount(
                 "/static", StaticFiles(directory=str(_HERE / "static")), name="static"
             ),

@@ -144,8 +144,9 @@ def cell(store: Store, cell_id: int) -> dict[str, Any]:
             [int(cell_id)],
         ).rows
         predictions = store.sql(
-            "SELECT head, label, probability FROM predictions WHERE cell_id = ? "
-            "ORDER BY head",
+            "SELECT p.head, p.label, p.probability, h.kind FROM predictions p "
+            "LEFT JOIN heads h ON h.name = p.head WHERE p.cell_id = ? "
+            "ORDER BY p.head",
             [int(cell_id)],
         ).dicts()
         curation = store.sql(
