@@ -20,14 +20,19 @@ __all__ = ["main", "COMMANDS"]
 
 #: Every command: its name → ``"module:attribute"`` of its click command.
 COMMANDS: dict[str, str] = {
+    "audit": "cytostore.cli.audit:audit",
+    "annotate": "cytostore.cli.annotate:annotate",
     "build-index": "cytostore.cli.build_index:build_index",
+    "compare": "cytostore.cli.compare:compare",
     "embed": "cytostore.cli.embed:embed",
     "explain": "cytostore.cli.explain:explain",
     "export": "cytostore.cli.export:export",
     "gc": "cytostore.cli.maintenance:gc",
+    "import-model": "cytostore.cli.import_model:import_model",
     "info": "cytostore.cli.info:info",
     "ingest": "cytostore.cli.ingest:ingest",
     "ls": "cytostore.cli.maintenance:ls",
+    "map": "cytostore.cli.map:map_command",
     "merge": "cytostore.cli.merge:merge",
     "mil": "cytostore.cli.mil:mil",
     "models": "cytostore.cli.models:models",
@@ -38,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "relocate": "cytostore.cli.maintenance:relocate",
     "rm": "cytostore.cli.rm:rm",
     "search": "cytostore.cli.search:search",
+    "select": "cytostore.cli.select:select",
     "serve": "cytostore.cli.serve:serve",
     "sql": "cytostore.cli.sql:sql",
     "synth": "cytostore.cli.synth:synth",

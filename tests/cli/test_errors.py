@@ -61,6 +61,10 @@ NOT_FOUND = {
         ["explain", "{s}", "--head", "lin", "--cell", "99999"],
         "no cell 99999",
     ),
+    "explain-pixels-cell": (
+        ["explain", "{s}", "--head", "lin", "--cell", "99999", "--pixels"],
+        "no cell 99999",
+    ),
     "probe-column": (
         ["probe", "{s}", "--label", "lable"],
         "no column 'lable'; did you mean 'label'?",
@@ -75,10 +79,46 @@ NOT_FOUND = {
         "did you mean 'random-tiny'?",
     ),
     "rm-head": (["rm", "{s}", "head", "lim", "--dry-run"], "did you mean 'lin'?"),
+    "map-model": (
+        ["map", "{s}", "--model", "random-tiyn", "--method", "pca"],
+        "did you mean 'random-tiny'?",
+    ),
     "relocate-dataset": (
         ["relocate", "{s}", "lmx", "{s}"],
         "no dataset 'lmx'; did you mean 'lmu'?",
     ),
+    "audit-label": (
+        ["audit", "{s}", "--model", MODEL, "--label", "lable"],
+        "no column 'lable'; did you mean 'label'?",
+    ),
+    "select-balance-column": (
+        [
+            "select",
+            "{s}",
+            "--model",
+            MODEL,
+            "-n",
+            "3",
+            "--strategy",
+            "diversity",
+            "--balance-by",
+            "datset",
+        ],
+        "no column 'datset'; did you mean 'dataset'?",
+    ),  # fmt: skip
+    "compare-model": (
+        [
+            "compare",
+            "{s}",
+            "--model",
+            MODEL,
+            "--model",
+            "random-tiyn",
+            "--label",
+            "label",
+        ],
+        "did you mean 'random-tiny'?",
+    ),  # fmt: skip
 }
 
 #: (command line, the subcommand whose usage line must be printed).
@@ -91,22 +131,84 @@ MALFORMED = {
     "probe-name": (["probe", "{s}", "--label", "x y"], "probe"),
     "neighbors-into": (["neighbors", "{s}", "--into", "cells"], "neighbors"),
     "explain-neither": (["explain", "{s}", "--head", "lin"], "explain"),
+    "explain-method-without-pixels": (
+        ["explain", "{s}", "--head", "lin", "--cell", "1", "--method", "ig"],
+        "explain",
+    ),
     "embed-shard": (
         ["embed", "{s}", "--model", MODEL, "--shard", "3/2", "--device", "cpu"],
         "embed",
     ),
     "rm-kind": (["rm", "{s}", "thing", "x"], "rm"),
+    "map-method": (["map", "{s}", "--model", MODEL, "--method", "tsne"], "map"),
+    "audit-name": (
+        ["audit", "{s}", "--model", MODEL, "--label", "label", "--name", "a b"],
+        "audit",
+    ),
+    "select-too-many": (
+        ["select", "{s}", "--model", MODEL, "-n", "99999", "--strategy", "diversity"],
+        "select",
+    ),
+    "select-no-head": (
+        ["select", "{s}", "--model", MODEL, "-n", "3", "--strategy", "uncertainty"],
+        "select",
+    ),
+    "annotate-no-file": (["annotate", "{s}", "{s}/no-such.csv"], "annotate"),
+    "import-model-arch": (
+        [
+            "import-model",
+            "{s}",
+            "--name",
+            "x",
+            "--weights",
+            __file__,
+            "--arch",
+            "dinobloom-xl",
+        ],
+        "import-model",
+    ),  # fmt: skip
+    "import-model-file": (
+        [
+            "import-model",
+            "{s}",
+            "--name",
+            "x",
+            "--weights",
+            __file__,
+            "--arch",
+            "dinobloom-s",
+        ],
+        "import-model",
+    ),  # fmt: skip
+    "compare-twice": (
+        ["compare", "{s}", "--model", MODEL, "--model", MODEL, "--label", "label"],
+        "compare",
+    ),
 }
 
 #: Every command that opens an existing store, with arguments that would run.
 OPENS_STORE = {
+    "annotate": ["annotate", "{s}", "{out}"],
+    "audit": ["audit", "{s}", "--model", MODEL, "--label", "label"],
     "build-index": ["build-index", "{s}"],
+    "compare": ["compare", "{s}", "--model", MODEL, "--label", "label"],
     "embed": ["embed", "{s}", "--model", MODEL],
     "explain": ["explain", "{s}", "--head", "lin", "--cell", "1"],
     "export": ["export", "{s}", "{out}"],
     "gc": ["gc", "{s}"],
+    "import-model": [
+        "import-model",
+        "{s}",
+        "--name",
+        "x",
+        "--weights",
+        __file__,
+        "--arch",
+        "dinobloom-s",
+    ],  # fmt: skip
     "info": ["info", "{s}"],
     "ls": ["ls", "{s}"],
+    "map": ["map", "{s}", "--model", MODEL, "--method", "pca"],
     "merge": ["merge", "{s}"],
     "mil": ["mil", "{s}"],
     "models": ["models", "{s}"],
@@ -117,6 +219,7 @@ OPENS_STORE = {
     "relocate": ["relocate", "{s}", "lmu", "{out}"],
     "rm": ["rm", "{s}", "model", MODEL],
     "search": ["search", "{s}", "--cell", "1"],
+    "select": ["select", "{s}", "--model", MODEL, "-n", "3", "--strategy", "diversity"],
     "serve": ["serve", "{s}", "--port", "0"],
     "sql": ["sql", "{s}", "SELECT 1"],
     "tag": ["tag", "{s}", "--where", "cell_id = 1", "--add", "x"],

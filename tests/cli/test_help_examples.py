@@ -29,6 +29,8 @@ NOT_RUN = {
     "synth": "writes thousands of images",
     "mil": "trains attention-MIL heads over folds",
     "probe": "trains heads over folds",
+    "compare": "trains heads over folds for each model",
+    "import-model": "needs a downloaded checkpoint (tests/embedder/test_import_model)",
     "serve": "runs a web server until stopped (tests/serve)",
 }
 #: Example lines that cannot run here (matched by a substring), and why.
@@ -36,6 +38,7 @@ NOT_RUN_LINES = {
     "exports/": "a lab's own export",
     "my_cell.png": "the user's own image",
     "/mnt/data/lmu": "the images must have moved there first",
+    "second_opinion.csv": "the annotator's own file",
 }
 
 

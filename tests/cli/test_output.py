@@ -63,12 +63,25 @@ def stores(
 ) -> Iterator[dict[str, Path]]:
     """A writable copy of the embedded store, and a folder for new things."""
     work = tmp_path_factory.mktemp("output")
+    (work / "notes.csv").write_text("cell_id,note\n1,blurry\n2,ok\n")
     yield {
         "S": Path(shutil.copytree(embedded_store, work / "S")),
         "T": work / "T",
         "data": work / "data",
         "parquet": work / "parquet",
+        "weights": _timm_weights(work / "test_vit.pth"),
+        "notes": work / "notes.csv",
+        "map_png": work / "map.png",
     }
+
+
+def _timm_weights(path: Path) -> Path:
+    """A tiny timm ViT's own state dict, for import-model."""
+    import timm
+    import torch
+
+    torch.save(timm.create_model("test_vit", pretrained=False).state_dict(), path)
+    return path
 
 
 def _chains(p: dict[str, Path]) -> list[list[list[str]]]:
@@ -105,6 +118,18 @@ def _chains(p: dict[str, Path]) -> list[list[list[str]]]:
             "0",
             *cpu,
         ],
+        [
+            "import-model",
+            t,
+            "--name",
+            "vit",
+            "--weights",
+            str(p["weights"]),
+            "--arch",
+            "timm:test_vit",
+            "--input-px",
+            "32",
+        ],  # fmt: skip
         ["embed", t, "--model", "ssl", "--shard", "1/1", *cpu],
         ["merge", t, "--model", "ssl"],
         ["build-index", t],
@@ -122,7 +147,18 @@ def _chains(p: dict[str, Path]) -> list[list[list[str]]]:
         ["explain", s, "--cell", "1", "--head", "knn-ct"],
         ["mil", s, "--where", "dataset = 'mll_helmholtz'", "--folds", "2",
          "--max-epochs", "2", "--name", "mil-bag", *cpu],
+        ["compare", s, "--model", "random-tiny", "--label", "label", "--where",
+         "dataset = 'mll_helmholtz'", "--folds", "2",
+         "--png", str(p["T"].with_name("compare.png")), *cpu],
         ["sql", s, "SELECT * FROM heads"],
+        ["map", s, "--model", "random-tiny", "--method", "pca", "--out",
+         str(p["map_png"])],
+        ["annotate", s, str(p["notes"])],
+        ["audit", s, "--model", "random-tiny", "--label", "label", "--folds", "2",
+         "--montage", str(p["T"].with_name("audit.png")), *cpu],
+        ["select", s, "--model", "random-tiny", "-n", "5", "--strategy",
+         "diversity", "--csv", str(p["T"].with_name("select.csv")), "--montage",
+         str(p["T"].with_name("select.png"))],
         ["info", s],
         ["models", s],
         ["ls", s],

@@ -73,6 +73,29 @@ LIGHT_COMMANDS = {
     "gc": ["gc", "{S}", "--dry-run"],
     "tag": ["tag", "{S}", "--where", "cell_id = 1", "--add", "startup"],
     "rm": ["rm", "{S}", "model", "random-tiny", "--cascade", "--dry-run"],
+    "select": [
+        "select",
+        "{S}",
+        "--model",
+        "random-tiny",
+        "-n",
+        "5",
+        "--strategy",
+        "typicality",
+        "--csv",
+        "{OUT}.csv",
+        "--no-montage",
+    ],
+    "map": [
+        "map",
+        "{S}",
+        "--model",
+        "random-tiny",
+        "--method",
+        "pca",
+        "--out",
+        "{OUT}.png",
+    ],
 }
 
 
