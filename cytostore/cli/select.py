@@ -95,7 +95,8 @@ def select(
         cytostore select demo-out/store --model tiny-simclr -n 40 \\
             --strategy typicality --balance-by dataset
         cytostore select demo-out/store --model tiny-simclr -n 20 \\
-            --strategy diversity --exclude-labelled label --csv next.csv
+            --strategy diversity --where "dataset = 'lmu'" \\
+            --exclude-labelled reannotation1 --csv second-look.csv
         cytostore select demo-out/store --model tiny-simclr -n 20 \\
             --strategy uncertainty --head bm-linear --balance-by predicted
     """
