@@ -197,7 +197,7 @@ def pretrain(
             --init DinoBloom-S.pth --epochs 20  # continue DinoBloom (GPU)
     """
     from cytostore.embedder.pretrain import pretrain as run_pretrain
-    from cytostore.embedder.train import global_rank
+    from cytostore.embedder.pretrain import process_rank
 
     with progress_bar("pretrain", unit="") as progress:
         card = run_pretrain(
@@ -225,7 +225,7 @@ def pretrain(
             monitor_cells=monitor_cells,
             progress=progress,
         )
-    if global_rank() != 0:
+    if process_rank() != 0:
         return  # under DDP, rank 0 reports; the others registered nothing
     doc = card.to_dict()
     shown = {

@@ -57,6 +57,7 @@ if TYPE_CHECKING:  # Lightning and lightly load in pretrain(): embed never needs
 
 __all__ = [
     "pretrain",
+    "process_rank",
     "PRETRAIN_METHODS",
     "DEFAULT_METHOD",
     "DEFAULT_BACKBONE",
@@ -452,6 +453,17 @@ def _knn_card(
         card["mixing"] = next(m for m in reversed(mixing) if m is not None)
         card["mixing_history"] = [None if m is None else m["dataset"] for m in mixing]
     return card
+
+
+def process_rank() -> int:
+    """Return this process's global rank under DDP (0 without it).
+
+    Imports Lightning on call, like :func:`pretrain`, so the command line can ask
+    after a run without importing the training module itself.
+    """
+    from cytostore.embedder.train import global_rank
+
+    return global_rank()
 
 
 def curves_path(store: Store, name: str) -> Path:
