@@ -74,6 +74,7 @@ def merge(
     model: str | None = None,
     *,
     progress: Callable[[int, int], None] | None = None,
+    when_ready: bool = False,
 ) -> dict[str, Any]:
     """Append every shard set of ``model`` to its full set, then drop the shards.
 
@@ -81,6 +82,10 @@ def merge(
         store: The store.
         model: The model whose shards to join; ``None``: the only model with shards.
         progress: Called with ``(rows done, rows)``.
+        when_ready: Merge what is ready and return a report with nothing merged
+            when no shard is (all being written, or merged by another process
+            meanwhile) instead of raising: what each task of a job array wants,
+            as the busy shards are merged by a later merge.
 
     Returns:
         A report: ``model``, ``set_id``, ``shards`` merged, ``added`` rows,
@@ -92,7 +97,7 @@ def merge(
         ConfigMismatchError: If the shards disagree on dim, dtype, metric, index
             or preprocessing, or on the shard count; or if they (or the full set)
             were embedded with different model weights.
-        StoreBusyError: If every shard is being written.
+        StoreBusyError: If every shard is being written (unless ``when_ready``).
     """
     _remove_dropped_files(store)  # left by a merge killed while deleting shards
     sets = list_sets(store)
@@ -127,6 +132,8 @@ def merge(
                 free.append(s)
             except StoreBusyError:
                 busy.append(s)
+        if not free and when_ready:
+            return _nothing_ready(model, done_before, busy)
         if not free:
             raise StoreBusyError(
                 f"every shard of model {model!r} is being written (an 'embed --shard' "
@@ -135,6 +142,8 @@ def merge(
         # Read the shards again under their locks: the counts are final now.
         fresh = {s.set_id: s for s in list_sets(store)}
         shards = [fresh[s.set_id] for s in free if s.set_id in fresh]
+        if not shards and when_ready:
+            return _nothing_ready(model, done_before, busy)
         if not shards:
             raise UnknownEmbeddingSetError(
                 f"the shard sets of model {model!r} were merged by another process "
@@ -209,6 +218,23 @@ def _merge_locked(
     _drop_sets(store, shards)
     logger.info("merged %d shards of %s: %d rows added", len(shards), full.model, added)
     return _report(full, shards, added, skipped)
+
+
+def _nothing_ready(
+    model: str | None, done_before: list[EmbeddingSet], busy: list[EmbeddingSet]
+) -> dict[str, Any]:
+    """The report of a ``when_ready`` merge that found no shard to merge."""
+    logger.info("no shard of %s ready to merge: %d being written", model, len(busy))
+    full = done_before[0] if done_before else None
+    return {
+        "model": model,
+        "set_id": None if full is None else full.set_id,
+        "shards": [],
+        "added": 0,
+        "skipped": 0,
+        "n_vectors": 0 if full is None else full.n_vectors,
+        "busy": sorted(s.shard or "" for s in busy),
+    }
 
 
 def _report(

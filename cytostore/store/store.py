@@ -333,11 +333,12 @@ class Store(Catalog):
         self,
         model: str | None = None,
         progress: Callable[[int, int], None] | None = None,
+        when_ready: bool = False,
     ) -> dict[str, Any]:
         """Join a model's shard sets into its full set; see :func:`cytostore.store.merge.merge`."""  # noqa: E501
         from cytostore.store.merge import merge
 
-        return merge(self, model, progress=progress)
+        return merge(self, model, progress=progress, when_ready=when_ready)
 
     def export(
         self,

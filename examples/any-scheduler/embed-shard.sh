@@ -15,4 +15,4 @@ EMBED_ARGS=${EMBED_ARGS:-}
 
 # shellcheck disable=SC2086  # EMBED_ARGS is a list of options
 cytostore embed "$STORE" --model "$MODEL" --shard "$I/$N" $EMBED_ARGS
-cytostore merge "$STORE" --model "$MODEL"
+cytostore merge "$STORE" --model "$MODEL" --when-ready

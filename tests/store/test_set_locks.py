@@ -110,6 +110,25 @@ def test_merge__refuses_while_every_shard_is_being_written(cells_store: Store) -
     assert (report["added"], report["skipped"], report["n_vectors"]) == (2000, 0, 2000)
 
 
+def test_merge__when_ready_returns_nothing_merged_while_every_shard_is_busy(
+    cells_store: Store,
+) -> None:
+    x = random_vectors(2000, 8, seed=1)
+    first, second = _halves(cells_store)
+    _shard(cells_store, 1, 2, x, first)
+    _shard(cells_store, 2, 2, x, second)
+    with cells_store.vector_writer("m@1/2"), cells_store.vector_writer("m@2/2"):
+        report = cells_store.merge("m", when_ready=True)
+    assert (report["shards"], report["busy"], report["added"]) == (
+        [],
+        ["1/2", "2/2"],
+        0,
+    )
+    assert [s.name for s in cells_store.embedding_sets()] == ["m@1/2", "m@2/2"]
+    report = cells_store.merge("m", when_ready=True)
+    assert (report["shards"], report["n_vectors"]) == (["1/2", "2/2"], 2000)
+
+
 def test_merge__report_counts_the_rows_it_inserted(cells_store: Store) -> None:
     x = random_vectors(2000, 8, seed=2)
     first, second = _halves(cells_store)
