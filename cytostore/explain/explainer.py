@@ -31,10 +31,13 @@ from cytostore.errors import (
     EmptySelectionError,
     InvalidArgumentError,
     UnknownCellError,
-    UnknownPatientError,
 )
 from cytostore.explain.attribution import CellModel
-from cytostore.heads._data import and_where, load_cells, open_store, sql_literal
+from cytostore.heads._data import (
+    load_cells,
+    load_patient_cells,
+    open_store,
+)
 from cytostore.heads.registry import load_head
 from cytostore.store import Store
 
@@ -184,32 +187,10 @@ class Explainer:
 
     def _select_patient(self, patient: str, top: int) -> None:
         bag = self.meta["bag"]
-        dataset, _, pid = patient.rpartition("/")
-        where = and_where(
-            f'"{bag}" = {sql_literal(pid)}',
-            f"dataset = {sql_literal(dataset)}" if dataset else None,
+        found, dataset, pid = load_patient_cells(
+            self.store, self.meta.get("model"), bag, patient, []
         )
-        try:
-            found = load_cells(self.store, self.meta.get("model"), where, ["dataset"])
-        except EmptySelectionError:
-            known = self.store.sql(
-                f'SELECT DISTINCT CAST("{bag}" AS VARCHAR) FROM cell_meta '
-                f'WHERE "{bag}" IS NOT NULL'
-            ).rows
-            raise UnknownPatientError.for_name(
-                "patient",
-                patient,
-                [r[0] for r in known],
-                "list them with 'cytostore sql "
-                f'STORE "SELECT DISTINCT dataset, {bag} FROM cell_meta"\'',
-            ) from None
-        datasets = sorted({str(d) for d in found.meta["dataset"]})
-        if len(datasets) > 1:
-            raise InvalidArgumentError(
-                f"patient {pid!r} exists in datasets {datasets}: write it as "
-                f"DATASET/{pid}"
-            )
-        self.patient = f"{datasets[0]}/{pid}"
+        self.patient = f"{dataset}/{pid}"
         X = np.ascontiguousarray(found.X, dtype=np.float32)
         self.bag = X
         self.probabilities = self.estimator.predict_proba([X])[0]

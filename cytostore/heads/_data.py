@@ -14,6 +14,7 @@ from cytostore.errors import (
     EmptySelectionError,
     InvalidArgumentError,
     UnknownColumnError,
+    UnknownPatientError,
 )
 from cytostore.store import Store, safe_identifier
 
@@ -21,6 +22,7 @@ __all__ = [
     "Cells",
     "open_store",
     "load_cells",
+    "load_patient_cells",
     "and_where",
     "missing_label",
     "sql_literal",
@@ -143,3 +145,43 @@ def load_cells(
         col[:] = [r[j] for r in rows]
         meta[c] = col[take]
     return Cells(np.asarray(ids, np.int64), X, meta)
+
+
+def load_patient_cells(
+    st: Store, model: str | None, bag: str, patient: str, columns: list[str]
+) -> tuple[Cells, str, str]:
+    """Load one patient's embedded cells: ``patient`` is ``ID`` or ``DATASET/ID``.
+
+    Returns:
+        The cells (with ``dataset`` among their columns), the patient's dataset and
+        its bare id.
+
+    Raises:
+        UnknownPatientError: If no embedded cell has that value in ``bag``.
+        InvalidArgumentError: If the id occurs in several datasets (name one).
+    """
+    dataset, _, pid = patient.rpartition("/")
+    where = and_where(
+        f'"{bag}" = {sql_literal(pid)}',
+        f"dataset = {sql_literal(dataset)}" if dataset else None,
+    )
+    try:
+        cells = load_cells(st, model, where, list(dict.fromkeys([*columns, "dataset"])))
+    except EmptySelectionError:
+        known = st.sql(
+            f'SELECT DISTINCT CAST("{bag}" AS VARCHAR) FROM cell_meta '
+            f'WHERE "{bag}" IS NOT NULL'
+        ).rows
+        raise UnknownPatientError.for_name(
+            "patient",
+            patient,
+            [r[0] for r in known],
+            "list them with 'cytostore sql "
+            f'STORE "SELECT DISTINCT dataset, {bag} FROM cell_meta"\'',
+        ) from None
+    datasets = sorted({str(d) for d in cells.meta["dataset"]})
+    if len(datasets) > 1:
+        raise InvalidArgumentError(
+            f"patient {pid!r} exists in datasets {datasets}: write it as DATASET/{pid}"
+        )
+    return cells, datasets[0], pid

@@ -19,9 +19,13 @@ from cytostore.errors import (
     EmptySelectionError,
     InvalidArgumentError,
     UnknownCellError,
-    UnknownPatientError,
 )
-from cytostore.heads._data import and_where, load_cells, open_store, sql_literal
+from cytostore.heads._data import (
+    load_cells,
+    load_patient_cells,
+    open_store,
+    sql_literal,
+)
 from cytostore.heads.registry import load_head
 from cytostore.store import Store, to_similarity
 
@@ -227,33 +231,9 @@ def _explain_patient(
     metric: str,
 ) -> dict[str, Any]:
     bag = meta["bag"]
-    dataset, _, pid = patient.rpartition("/")
-    where = and_where(
-        f'"{bag}" = {sql_literal(pid)}',
-        f"dataset = {sql_literal(dataset)}" if dataset else None,
+    cells, dataset, pid = load_patient_cells(
+        st, meta.get("model"), bag, patient, [bag, meta["label"]]
     )
-    try:
-        cells = load_cells(
-            st, meta.get("model"), where, [bag, "dataset", meta["label"]]
-        )
-    except EmptySelectionError:
-        known = st.sql(
-            f'SELECT DISTINCT CAST("{bag}" AS VARCHAR) FROM cell_meta '
-            f'WHERE "{bag}" IS NOT NULL'
-        ).rows
-        raise UnknownPatientError.for_name(
-            "patient",
-            patient,
-            [r[0] for r in known],
-            "list them with 'cytostore sql "
-            f'STORE "SELECT DISTINCT dataset, {bag} FROM cell_meta"\'',
-        ) from None
-    datasets = sorted({str(d) for d in cells.meta["dataset"]})
-    if len(datasets) > 1:
-        raise InvalidArgumentError(
-            f"patient {pid!r} exists in datasets {datasets}: write it as DATASET/{pid}"
-        )
-    dataset = datasets[0]
     X = np.asarray(cells.X, np.float32)
     proba = estimator.predict_proba([X])[0]
     att = estimator.attention([X])[0]
