@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cytostore.errors import EmptySelectionError, UnknownColumnError
-from cytostore.store import Store, safe_identifier
+from cytostore.errors import EmptySelectionError
+from cytostore.store import Store
 
 __all__ = [
     "GROUP_COLUMNS",
@@ -88,18 +88,8 @@ def cells_with(
         EmptySelectionError: If no embedded cell matches.
         UnknownEmbeddingSetError: If the model has no vectors.
     """
-    have = set(store.columns("cell_meta"))
     cols = list(dict.fromkeys([*columns, *GROUP_COLUMNS]))
-    for c in cols:
-        safe_identifier(c)
-        if c not in have:
-            raise UnknownColumnError.for_name(
-                "column",
-                c,
-                have,
-                "name a column of cell_meta ('cytostore sql STORE \"DESCRIBE "
-                "cell_meta\"')",
-            )
+    store.require_columns(cols)
     ids, X = store.vectors(model, where)
     if ids.size == 0:
         raise EmptySelectionError(f"--where {where!r} selects no embedded cell")

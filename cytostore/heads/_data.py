@@ -13,10 +13,9 @@ import numpy.typing as npt
 from cytostore.errors import (
     EmptySelectionError,
     InvalidArgumentError,
-    UnknownColumnError,
     UnknownPatientError,
 )
-from cytostore.store import Store, safe_identifier
+from cytostore.store import Store
 
 __all__ = [
     "Cells",
@@ -111,18 +110,8 @@ def load_cells(
         EmptySelectionError: If no embedded cell matches.
         UnknownEmbeddingSetError: If the model has no vectors.
     """
-    have = set(store.columns("cell_meta"))
     cols = list(dict.fromkeys(c for c in columns if c))
-    for c in cols:
-        safe_identifier(c)
-        if c not in have:
-            raise UnknownColumnError.for_name(
-                "column",
-                c,
-                have,
-                "name a column of cell_meta ('cytostore sql STORE \"DESCRIBE "
-                "cell_meta\"')",
-            )
+    store.require_columns(cols)
     ids, X = store.vectors(model, where)
     if ids.size == 0:
         raise EmptySelectionError(f"--where {where!r} selects no embedded cell")

@@ -541,6 +541,25 @@ class Catalog:
                 ).fetchall()
             ]
 
+    def require_columns(self, names: list[str], table: str = "cell_meta") -> None:
+        """Check that every name is a safe identifier and a column of ``table``.
+
+        Raises:
+            InvalidArgumentError: If a name is not a plain identifier.
+            UnknownColumnError: If ``table`` has no such column (with close matches).
+        """
+        have = set(self.columns(table))
+        for name in names:
+            safe_identifier(name)
+            if name not in have:
+                raise UnknownColumnError.for_name(
+                    "column",
+                    name,
+                    have,
+                    f"name a column of {table} ('cytostore sql STORE \"DESCRIBE "
+                    f"{table}\"')",
+                )
+
     def dataset_roots(self) -> dict[str, Path]:
         """Return each dataset's root folder (cell paths are relative to it)."""
         rows = self.sql("SELECT dataset, root FROM datasets").rows
