@@ -626,7 +626,11 @@ def on_global_zero(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
     Without a process group this is ``fn()``. Under DDP, rank 0 runs ``fn`` (e.g.
     registering the model) while the other processes wait; then rank 0 sends them
-    its result (a JSON-ready dict) or its one-line error.
+    its result (a JSON-ready dict) or its one-line error. This is the run's last
+    collective, so every process then destroys the process group: one left for
+    interpreter exit lets gloo's worker threads outlive Python, and the process
+    can abort ("terminate called without an active exception", SIGABRT) after
+    its work is done.
 
     Returns:
         ``fn()``'s dict, on every process.
@@ -647,6 +651,8 @@ def on_global_zero(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
             error = exc
             payload = [json.dumps({"error": _one_line(exc)})]
     dist.broadcast_object_list(payload, src=0)  # a JSON string between our ranks
+    dist.barrier()  # no process tears its connections down while a peer reads
+    dist.destroy_process_group()
     if error is not None:
         raise error
     doc = json.loads(payload[0])

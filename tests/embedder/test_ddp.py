@@ -239,3 +239,22 @@ def test_pretrain__random_init_refuses_ddp(tmp_store: Store) -> None:
         "as one process, without --devices/--num-nodes"
     )
     assert tmp_store.sql("SELECT count(*) FROM models").rows == [(0,)]
+
+
+def test_on_global_zero__destroys_the_process_group_after_its_broadcast(
+    tmp_path: Path,
+) -> None:
+    # a group left for interpreter exit can abort a finished rank (SIGABRT)
+    import torch.distributed as dist
+
+    from cytostore.embedder.train import on_global_zero
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    try:
+        assert on_global_zero(lambda: {"registered": "ddp"}) == {"registered": "ddp"}
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
