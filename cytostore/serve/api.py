@@ -98,6 +98,7 @@ def api_neighbors(request: Request) -> JSONResponse:
         _q(request, "model"),
         request.query_params.get("k", 10),
         _q(request, "where"),
+        cache=request.app.state.catalog_cache,
     )
     return JSONResponse(data)
 

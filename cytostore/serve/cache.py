@@ -10,6 +10,10 @@ write, by this server (tags) or by another process (``cytostore tag``, ``ingest`
 catalog changed within the last second has no stamp: it is read afresh and
 nothing is kept. The memo is :func:`functools.lru_cache` (bounded; results kept
 under an old stamp age out).
+
+:class:`HitColumns` is one such result: the catalog columns that a neighbour
+list shows, for every cell, so that answering ``/api/cells/{id}/neighbors`` opens
+no catalog connection (the search itself reuses the loaded set).
 """
 
 from __future__ import annotations
@@ -19,15 +23,22 @@ from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from cytostore.store import Store, catalog_stamp
 
-__all__ = ["CatalogCache"]
+__all__ = ["CatalogCache", "HitColumns", "hit_columns"]
 
 T = TypeVar("T")
 
 #: Results kept (grid pages, counts, column lists, the catalogued ids).
 MAX_ENTRIES = 512
+#: Most cells whose neighbour-list columns are kept in memory (~50-80 bytes a
+#: cell, mostly its path: ~150 MB at this size); a larger store answers each
+#: neighbour list from the catalog.
+MAX_HIT_CELLS = 2_000_000
 
 
 class CatalogCache:
@@ -95,3 +106,63 @@ class CatalogCache:
 def _cell_ids(store: Store) -> np.ndarray:
     ids: np.ndarray = store.where_ids(None, empty_ok=True)
     return ids
+
+
+class HitColumns:
+    """Some ``cell_meta`` columns of every cell, looked up by cell id in memory.
+
+    Arrow columns (one buffer of strings, not a Python object per value), with
+    the repetitive ones dictionary-encoded. Immutable once built.
+
+    Args:
+        table: The columns, ``cell_id`` first; rows in ascending ``cell_id``.
+    """
+
+    def __init__(self, table: pa.Table) -> None:
+        self.ids: npt.NDArray[np.int64] = (
+            table.column(0).to_numpy().astype(np.int64, copy=False)
+        )
+        self.names = table.column_names[1:]
+        self.table = table.drop_columns([table.column_names[0]])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (ids and columns)."""
+        return int(self.ids.nbytes + self.table.nbytes)
+
+    def rows(self, cell_ids: npt.ArrayLike) -> dict[int, tuple[Any, ...]]:
+        """Return ``{cell_id: (column values...)}`` for the ids it holds."""
+        want = np.asarray(cell_ids, dtype=np.int64).ravel()
+        at = np.minimum(np.searchsorted(self.ids, want), max(self.ids.size - 1, 0))
+        found = self.ids.size > 0
+        hit = want[(self.ids[at] == want)] if found else want[:0]
+        pos = at[(self.ids[at] == want)] if found else at[:0]
+        picked = self.table.take(pa.array(pos, pa.int64())).to_pydict()
+        cols = [picked[name] for name in self.names]
+        return {int(cid): tuple(col[i] for col in cols) for i, cid in enumerate(hit)}
+
+
+def hit_columns(store: Store, names: tuple[str, ...]) -> HitColumns | None:
+    """Read ``names`` of ``cell_meta`` for every cell (``None``: too many cells).
+
+    For :meth:`CatalogCache.get`, which keeps the result while the catalog is
+    unchanged. ``names`` must be columns of ``cell_meta`` (the caller's constant
+    list, never user input).
+    """
+    select = ", ".join(f'"{n}"' for n in ("cell_id", *names))
+    with store.connect(read_only=True) as con:
+        count = con.execute("SELECT count(*) FROM cells").fetchall()[0][0]
+        if int(count) > MAX_HIT_CELLS:
+            return None
+        table = con.sql(
+            f"SELECT {select} FROM cell_meta ORDER BY cell_id"
+        ).to_arrow_table()
+    columns = [table.column(0)]
+    for name in names:  # few distinct values (all but the path): dictionary-encoded
+        col = table.column(name)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            distinct = pc.count_distinct(col).as_py()
+            if distinct * 4 < max(len(col), 1):
+                col = pc.dictionary_encode(col)
+        columns.append(col)
+    return HitColumns(pa.table(columns, names=table.column_names).combine_chunks())

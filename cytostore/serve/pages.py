@@ -137,7 +137,14 @@ def cell_page(request: Request) -> Response:
     status = 200
     if model:
         try:
-            context["nn"] = views.neighbors(store, cell_id, model, k, where or None)
+            context["nn"] = views.neighbors(
+                store,
+                cell_id,
+                model,
+                k,
+                where or None,
+                cache=request.app.state.catalog_cache,
+            )
         except CytostoreError as exc:
             status = _status(exc)
             context["nn_error"] = str(exc)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cytostore._json import jsonable
+from cytostore.embedder.query import RESULT_COLUMNS
 from cytostore.errors import (
     InvalidArgumentError,
     UnknownCellError,
@@ -22,8 +23,14 @@ from cytostore.errors import (
     UnknownModelError,
     UnknownPatientError,
 )
-from cytostore.serve.cache import CatalogCache
-from cytostore.store import Store, browse_cells, count_cells, list_models
+from cytostore.serve.cache import CatalogCache, hit_columns
+from cytostore.store import (
+    Store,
+    browse_cells,
+    count_cells,
+    list_models,
+    to_similarity,
+)
 
 __all__ = [
     "PAGE_SIZE",
@@ -49,6 +56,8 @@ SQL_MAX_ROWS = 1000
 SQL_TIMEOUT_S = 10.0
 #: Most neighbours one request asks for.
 MAX_K = 200
+#: The catalog columns of a neighbour (after cell_id, rank, similarity).
+_HIT_META = tuple(RESULT_COLUMNS[3:])
 
 
 def _int(value: Any, name: str, lo: int, hi: int, default: int) -> int:
@@ -174,9 +183,19 @@ def model_names(store: Store) -> list[str]:
 
 
 def neighbors(
-    store: Store, cell_id: int, model: str | None, k: Any = 10, where: str | None = None
+    store: Store,
+    cell_id: int,
+    model: str | None,
+    k: Any = 10,
+    where: str | None = None,
+    cache: CatalogCache | None = None,
 ) -> dict[str, Any]:
     """Return a cell's k nearest cells in a model's set, filtered by ``where``.
+
+    With a ``cache``, the cell check and the neighbours' columns come from
+    memory kept while the catalog is unchanged (:func:`~cytostore.serve.cache.
+    hit_columns`), and the search reuses the store's loaded set, so a request
+    opens no catalog connection (a ``where`` not asked before opens one).
 
     Returns:
         ``{"model", "metric", "cell_id", "neighbors": [{"cell_id", "rank",
@@ -190,17 +209,34 @@ def neighbors(
     from cytostore.embedder import search
 
     n = _int(k, "k", 1, MAX_K, 10)
-    with store.connect(read_only=True):  # one catalog visit for the whole answer
-        _check_cell(store, cell_id)
-        result = search(
-            store, cell=int(cell_id), model=model or None, k=n, where=where or None
+    kept = None if cache is None else cache.get(hit_columns, _HIT_META)
+    if cache is None or kept is None:
+        with store.connect(read_only=True):  # one catalog visit for the whole answer
+            _check_cell(store, cell_id)
+            result = search(
+                store, cell=int(cell_id), model=model or None, k=n, where=where or None
+            )
+        es, hits = result.embedding_set, result.dicts()
+    else:
+        if not cache.catalogued(int(cell_id)):
+            _check_cell(store, cell_id)  # raises, naming the fix
+        es = store.searcher(model or None, where or None).es
+        dist, ids = store.search(
+            int(cell_id), n, where=where or None, model=model or None
         )
+        found = ids[0][ids[0] >= 0]
+        sim = to_similarity(dist[0][ids[0] >= 0], es.metric)
+        meta = kept.rows(found)
+        hits = [
+            dict(zip(RESULT_COLUMNS, (int(c), r, float(s), *meta[int(c)]), strict=True))
+            for r, (c, s) in enumerate(zip(found, sim, strict=True), start=1)
+        ]
     return jsonable(
         {
-            "model": result.embedding_set.model,
-            "metric": result.embedding_set.metric,
+            "model": es.model,
+            "metric": es.metric,
             "cell_id": int(cell_id),
-            "neighbors": result.dicts(),
+            "neighbors": hits,
         }
     )
 

@@ -104,3 +104,87 @@ def test_thumbnail__cached_file_of_an_uncatalogued_cell_is_not_served(
     Image.new("RGB", (8, 8), (255, 0, 0)).save(folder / "999999.png")
     r = client.get("/api/cells/999999/thumbnail")
     assert r.status_code == 404 and "999999" in r.json()["error"]
+
+
+# ------------------------------------------------------------- neighbours
+
+
+def test_neighbors__kept_columns_answer_as_the_catalog_does(
+    store_copy: Path,
+    demo_store,  # noqa: ANN001
+) -> None:
+    from cytostore.serve import views
+
+    client, cache = _client(store_copy)
+    store = Store.open(store_copy)
+    for model in demo_store.models:
+        for cid in (1, 7, 40):
+            got = client.get(f"/api/cells/{cid}/neighbors?model={model}&k=8").json()
+            assert got == views.neighbors(store, cid, model, 8)  # no cache: catalog
+    hits = cache._memo.cache_info().hits
+    where = "dataset = 'lmu'"
+    model = demo_store.models[0]
+    got = client.get(f"/api/cells/1/neighbors?model={model}&k=5&where={where}").json()
+    assert got == views.neighbors(store, 1, model, 5, where)
+    assert {n["dataset"] for n in got["neighbors"]} == {"lmu"}
+    assert cache._memo.cache_info().hits > hits  # the columns came from memory
+
+
+def test_neighbors__a_patient_removed_by_another_process_is_gone_at_once(
+    store_copy: Path,
+    demo_store,  # noqa: ANN001
+) -> None:
+    client, _ = _client(store_copy)
+    dataset, patient = demo_store.patient
+    store = Store.open(store_copy)
+    rows = store.sql(
+        "SELECT cell_id FROM cells WHERE dataset = ? AND patient_id = ? ORDER BY 1",
+        [dataset, patient],
+    ).rows
+    gone, other = int(rows[0][0]), 1
+    q = f"model={demo_store.models[0]}"
+    assert client.get(f"/api/cells/{gone}/neighbors?{q}&k=5").status_code == 200
+    before = client.get(f"/api/cells/{other}/neighbors?{q}&k=200").json()["neighbors"]
+    assert patient in {n["patient_id"] for n in before}
+    script = (
+        "import sys; from cytostore.store import Store; "
+        "Store.open(sys.argv[1]).remove('patient', sys.argv[3], dataset=sys.argv[2], "
+        "cascade=True)"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, str(store_copy), dataset, patient], check=True
+    )
+    assert client.get(f"/api/cells/{gone}/neighbors?{q}&k=5").status_code == 404
+    after = client.get(f"/api/cells/{other}/neighbors?{q}&k=200").json()["neighbors"]
+    assert after and patient not in {n["patient_id"] for n in after}
+
+
+def test_neighbors__a_store_too_large_to_keep_reads_the_catalog(
+    store_copy: Path,
+    demo_store,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+) -> None:
+    from cytostore.serve import cache as cache_module
+    from cytostore.serve import views
+
+    monkeypatch.setattr(cache_module, "MAX_HIT_CELLS", 10)
+    client, _ = _client(store_copy)
+    assert cache_module.hit_columns(Store.open(store_copy), ("label",)) is None
+    model = demo_store.models[1]
+    got = client.get(f"/api/cells/3/neighbors?model={model}&k=6").json()
+    assert got == views.neighbors(Store.open(store_copy), 3, model, 6)
+    assert len(got["neighbors"]) == 6
+
+
+def test_hit_columns__rows_by_id_with_repeated_values_dictionary_encoded(
+    store_copy: Path,
+) -> None:
+    from cytostore.serve.cache import hit_columns
+
+    store = Store.open(store_copy)
+    kept = hit_columns(store, ("dataset", "label", "path"))
+    assert kept is not None
+    assert str(kept.table.schema.field("dataset").type).startswith("dictionary")
+    assert not str(kept.table.schema.field("path").type).startswith("dictionary")
+    want = store.cell_meta([5, 2, 9], ("cell_id", "dataset", "label", "path")).rows
+    assert kept.rows([5, 2, 9, 10**9]) == {r[0]: tuple(r[1:]) for r in want}
