@@ -19,6 +19,7 @@ no catalog connection (the search itself reuses the loaded set).
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
@@ -35,6 +36,7 @@ T = TypeVar("T")
 
 #: Results kept (grid pages, counts, column lists, the catalogued ids).
 MAX_ENTRIES = 512
+_LOCK_STRIPES = 64
 #: Most cells whose neighbour-list columns are kept in memory (~50-80 bytes a
 #: cell, mostly its path: ~150 MB at this size); a larger store answers each
 #: neighbour list from the catalog.
@@ -61,6 +63,11 @@ class CatalogCache:
         self.settle_s = settle_s
         self._memo = functools.lru_cache(maxsize=max_entries)(self._read)
         self._ids: tuple[Any, np.ndarray] = (None, np.zeros(0, np.int64))
+        # One reader per result: threads missing the same result at once wait for
+        # the first one's read instead of each reading it (16 first requests read
+        # every cell's columns 16 times). Striped locks: bounded, whatever the args.
+        self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._ids_lock = threading.Lock()
 
     def get(self, read: Callable[..., T], *args: Hashable) -> T:
         """Return ``read(store, *args)``, kept while the catalog is unchanged.
@@ -71,7 +78,8 @@ class CatalogCache:
         stamp = catalog_stamp(self.store, self.settle_s)
         if stamp is None:  # changed just now: read, keep nothing
             return read(self.store, *args)
-        result: T = self._memo(stamp, read, args)
+        with self._locks[hash((read, args)) % _LOCK_STRIPES]:
+            result: T = self._memo(stamp, read, args)
         return result
 
     def _read(self, stamp: Any, read: Callable[..., Any], args: tuple[Any, ...]) -> Any:
@@ -91,9 +99,12 @@ class CatalogCache:
         if stamp is None or stamp != kept_stamp:
             if not visit:
                 return None
-            ids = _cell_ids(self.store)
-            if stamp is not None:
-                self._ids = (stamp, ids)  # one tuple: swapped whole, thread-safe
+            with self._ids_lock:
+                kept_stamp, ids = self._ids  # another thread may have read them
+                if stamp is None or stamp != kept_stamp:
+                    ids = _cell_ids(self.store)
+                    if stamp is not None:
+                        self._ids = (stamp, ids)  # one tuple: swapped whole
         at = int(np.searchsorted(ids, int(cell_id)))
         return at < ids.size and int(ids[at]) == int(cell_id)
 

@@ -188,3 +188,25 @@ def test_hit_columns__rows_by_id_with_repeated_values_dictionary_encoded(
     assert not str(kept.table.schema.field("path").type).startswith("dictionary")
     want = store.cell_meta([5, 2, 9], ("cell_id", "dataset", "label", "path")).rows
     assert kept.rows([5, 2, 9, 10**9]) == {r[0]: tuple(r[1:]) for r in want}
+
+
+_READS: list[int] = []
+
+
+def _slow_count(store: Store) -> int:
+    _READS.append(1)
+    time.sleep(0.2)  # long enough for every thread to miss at once
+    return int(store.sql("SELECT count(*) FROM cells").rows[0][0])
+
+
+def test_catalog_cache__threads_missing_one_result_at_once_read_it_once(
+    store_copy: Path,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = CatalogCache(Store.open(store_copy), settle_s=0.0)
+    _READS.clear()
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda _: cache.get(_slow_count), range(8)))
+    assert len(set(got)) == 1 and got[0] > 0
+    assert len(_READS) == 1
