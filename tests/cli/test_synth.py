@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -62,3 +63,45 @@ def test_synth_cli__too_few_cells_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "use at least 15 cells per dataset" in result.output
+
+
+def _images(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".masks" not in p.parts
+    }
+
+
+def test_synth_cli__masks_line_up_with_the_images(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from cytostore.data._draw import MASK_BITS
+
+    args = ["--datasets", "bm", "--cells-per-dataset", "40", "--format", "json"]
+    plain = CliRunner().invoke(main, ["synth", str(tmp_path / "a"), *args])
+    masked = CliRunner().invoke(main, ["synth", str(tmp_path / "b"), *args, "--masks"])
+    assert plain.exit_code == 0 and masked.exit_code == 0, masked.output
+    assert json.loads(plain.stdout)["n_masks"] == 0
+    assert json.loads(masked.stdout)["n_masks"] == 40
+    assert "wrote 40 synthetic cells to" in plain.stderr
+    assert "wrote 40 synthetic cells and 40 structure masks (in " in masked.stderr
+    assert not (tmp_path / "a" / ".masks").exists()
+    assert _images(tmp_path / "a") == _images(tmp_path / "b")  # the same bytes
+    bm = tmp_path / "b" / "bm"
+    images = sorted(bm.rglob("*.jpg"))
+    assert len(images) == 40
+    planted = {"FGC": 0, "PMO": 0}  # faggot cells carry rods, promyelocytes granules
+    for image in images:
+        rel = image.relative_to(bm)
+        with Image.open(tmp_path / "b" / ".masks" / "bm" / f"{rel}.png") as im:
+            assert im.mode == "L" and im.size == Image.open(image).size
+            mask = np.asarray(im)
+        assert (mask & MASK_BITS["cell"]).any()
+        cls = image.name.split("_")[0]
+        if cls == "FGC":
+            planted[cls] += int((mask & MASK_BITS["auer_rods"]).any())
+        if cls == "PMO":
+            planted[cls] += int((mask & MASK_BITS["granules"]).any())
+    n_class = {c: sum(p.name.startswith(c + "_") for p in images) for c in planted}
+    assert planted == n_class and min(n_class.values()) >= 1
