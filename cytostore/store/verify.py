@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from cytostore.errors import StoreCorruptError
 from cytostore.store.checksums import (
@@ -320,13 +321,10 @@ class _Checker:
                 f"holds {idx.ntotal} vectors of dim {idx.d}; set {es.name!r} records "
                 f"{es.n_indexed} indexed of dim {es.dim}"
             )
-        elif hasattr(idx, "id_map") and es.n_indexed <= es.n_vectors:
-            have = faiss.vector_to_array(idx.id_map).astype(np.int64)
+        elif es.n_indexed <= es.n_vectors:
             ids = ids_path(self.store, es)
             if ids.exists() and ids.stat().st_size >= es.n_indexed * 8:
-                want = np.fromfile(ids, dtype="<i8", count=es.n_indexed)
-                if not np.array_equal(np.sort(have), np.sort(want)):
-                    message = "its ids differ from the set's first indexed rows"
+                message = _index_id_problem(idx, ids, es.n_indexed)
         if message is not None:
             problem = self.add("index", rel, message, fix)
             self.rebuild.setdefault(es.set_id, []).append(problem)
@@ -439,6 +437,99 @@ class _Checker:
                 "a half-written artefact (its writer stopped)",
                 self.cmd("gc"),
             )
+
+
+def _index_ids(idx: Any) -> npt.NDArray[np.int64] | None:
+    """The ids an index returns, sorted (``None``: it holds no ids of its own).
+
+    An ``IndexIDMap``/``IndexIDMap2`` keeps them in its id map; a compressed IVF
+    index (``IVF…,PQ…``, built without the map) in its inverted lists, read one
+    list at a time into one array (the index's ids' bytes, nothing more).
+    """
+    import faiss
+
+    if hasattr(idx, "id_map"):
+        have = np.asarray(faiss.vector_to_array(idx.id_map), dtype=np.int64)
+        have.sort()
+        return have
+    try:
+        invlists: Any = faiss.extract_index_ivf(idx).invlists
+    except RuntimeError:  # not an IVF index: its ids are its row numbers
+        return None
+    sizes = [invlists.list_size(lst) for lst in range(invlists.nlist)]
+    have = np.empty(sum(sizes), dtype=np.int64)
+    pos = 0
+    for lst, size in enumerate(sizes):
+        if not size:
+            continue
+        ptr = invlists.get_ids(lst)
+        try:
+            have[pos : pos + size] = faiss.rev_swig_ptr(ptr, size)
+        finally:
+            invlists.release_ids(lst, ptr)
+        pos += size
+    have.sort()
+    return have
+
+
+def _index_id_problem(idx: Any, ids: Path, n_indexed: int) -> str | None:
+    """What is wrong with the index's ids against the first ``n_indexed`` of ``ids``.
+
+    Both are compared as sorted arrays (an IVF index returns its ids in list
+    order), so a repeated id counts: at most twice the ids' bytes are held.
+    """
+    have = _index_ids(idx)
+    if have is None:
+        return None
+    want = np.fromfile(ids, dtype="<i8", count=n_indexed)
+    want.sort()
+    if have.size == want.size and all(
+        np.array_equal(have[lo : lo + _CHUNK], want[lo : lo + _CHUNK])
+        for lo in range(0, have.size, _CHUNK)
+    ):
+        return None
+    parts = []
+    for what, count, examples in (
+        ("repeated", *_repeated(have)),
+        ("missing", *_not_in(want, have)),
+        ("not in the set's first rows", *_not_in(have, want)),
+    ):
+        if count:
+            parts.append(f"{count} {what} (e.g. {examples})")
+    detail = ", ".join(parts) or "the set's rows repeat ids"
+    return (
+        f"its {have.size} ids differ from the set's first {n_indexed} rows' ids: "
+        f"{detail}"
+    )
+
+
+_CHUNK = 1 << 20  # ids compared at a time (8 MiB): bounds the temporaries
+
+
+def _repeated(a: npt.NDArray[np.int64]) -> tuple[int, list[int]]:
+    """How many entries of sorted ``a`` repeat the one before, and a few of them."""
+    count, examples = 0, list[int]()
+    for lo in range(1, a.size, _CHUNK):
+        hi = min(lo + _CHUNK, a.size)
+        dup = a[lo:hi][a[lo:hi] == a[lo - 1 : hi - 1]]
+        count += dup.size
+        examples.extend(np.unique(dup[: _EXAMPLES * 2]).tolist())
+    return count, sorted(set(examples))[:_EXAMPLES]
+
+
+def _not_in(
+    a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]
+) -> tuple[int, list[int]]:
+    """How many entries of sorted ``a`` are not in sorted ``b``, and a few of them."""
+    count, examples = 0, list[int]()
+    for lo in range(0, a.size, _CHUNK):
+        part = a[lo : lo + _CHUNK]
+        pos = np.minimum(np.searchsorted(b, part), max(b.size - 1, 0))
+        out = part if not b.size else part[b[pos] != part]
+        count += out.size
+        if len(examples) < _EXAMPLES:
+            examples.extend(out[:_EXAMPLES].tolist())
+    return count, examples[:_EXAMPLES]
 
 
 def _set_id(rec: FileRecord) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import faiss
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 
 from cytostore.store import Store
-from cytostore.store.checksums import sha256_file
-from cytostore.store.verify import verify
+from cytostore.store.checksums import record_file, sha256_file
+from cytostore.store.verify import _index_ids, verify
 
 _OLD = 1_000_000_000  # a file time far in the past (older than any grace period)
 
@@ -223,3 +224,90 @@ def test_verify__appends_across_writers_keep_the_running_hash(
     suffix = ".f32" if dtype == "float32" else ".f16"
     assert rows["vectors"] == sha256_file(cells_store.root / "vectors" / f"1{suffix}")
     assert rows["ids"] == sha256_file(cells_store.root / "vectors" / "1.ids")
+
+
+def _ivf_sq8_store(store: Store) -> Path:
+    """Rebuild set ``m`` of ``store`` as a compressed IVF index (ids in its lists)."""
+    store.build_index("m", "IVF4,SQ8", rebuild=True)
+    path = store.root / "indexes" / "1.faiss"
+    idx = faiss.read_index(str(path))
+    assert not hasattr(idx, "id_map")  # the ids live in the inverted lists
+    return path
+
+
+def _rewrite_index(store: Store, path: Path, idx: faiss.Index) -> None:
+    """Write ``idx`` over the set's index and record its checksum (a quiet swap)."""
+    faiss.write_index(idx, str(path))
+    record_file(store, "indexes/1.faiss", "index", 1)
+
+
+@pytest.mark.parametrize(
+    ("new_id", "detail"),
+    [
+        (10_000, "1 missing (e.g. [7]), 1 not in the set's first rows (e.g. [10000])"),
+        (3, "1 repeated (e.g. [3]), 1 missing (e.g. [7])"),
+    ],
+)
+def test_verify__compressed_ivf_index_ids_are_checked_and_rebuilt(
+    vec_store: Store, new_id: int, detail: str
+) -> None:
+    path = _ivf_sq8_store(vec_store)
+    assert verify(vec_store).ok
+    idx = faiss.read_index(str(path))
+    assert idx.remove_ids(np.array([7], dtype=np.int64)) == 1
+    idx.add_with_ids(np.ones((1, 16), np.float32), np.array([new_id]))
+    assert idx.ntotal == 300  # only the ids give it away
+    _rewrite_index(vec_store, path, idx)
+    report = verify(vec_store)
+    root = vec_store.root
+    assert [p.as_dict() for p in report.problems] == [
+        {
+            "kind": "index",
+            "object": "indexes/1.faiss",
+            "message": "its 300 ids differ from the set's first 300 rows' ids: "
+            + detail,
+            "fix": f"cytostore build-index {root} --model m --rebuild",
+        }
+    ]
+    repaired = verify(vec_store, repair=True)
+    assert repaired.ok, repaired.problems
+    assert [p.kind for p in repaired.repaired] == ["index"]
+    fixed = faiss.extract_index_ivf(faiss.read_index(str(path)))
+    assert fixed.ntotal == 300 and fixed.is_trained
+    assert verify(vec_store).ok
+
+
+def test_verify__id_map_index_with_a_stranger_id_names_it(vec_store: Store) -> None:
+    path = vec_store.root / "indexes" / "1.faiss"
+    idx = faiss.read_index(str(path))
+    ids = faiss.vector_to_array(idx.id_map)
+    ids[ids == 5] = 20_000
+    faiss.copy_array_to_vector(ids, idx.id_map)
+    _rewrite_index(vec_store, path, idx)
+    (problem,) = verify(vec_store).problems
+    assert (problem.kind, problem.message) == (
+        "index",
+        "its 300 ids differ from the set's first 300 rows' ids: 1 missing "
+        "(e.g. [5]), 1 not in the set's first rows (e.g. [20000])",
+    )
+
+
+def test_index_ids__reads_ivf_lists_in_one_array_of_their_bytes() -> None:
+    """Oracle: the ids added; memory: numpy's peak is the ids' bytes (+ 1 %)."""
+    n = 200_000
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 4)).astype(np.float32)
+    ids = rng.permutation(n).astype(np.int64) * 3 + 1
+    idx = faiss.index_factory(4, "IVF8,SQ8")
+    idx.train(x[:2000])
+    idx.add_with_ids(x, ids)
+    tracemalloc.start()
+    try:
+        have = _index_ids(idx)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert have is not None
+    np.testing.assert_array_equal(have, np.sort(ids))
+    assert peak <= ids.nbytes * 1.01
+    assert _index_ids(faiss.IndexFlatL2(4)) is None  # row numbers: nothing to check
