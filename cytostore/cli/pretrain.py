@@ -98,7 +98,8 @@ class _Backbone(click.Choice):  # type: ignore[type-arg]
     "--lr",
     type=float,
     default=None,
-    help="Peak AdamW learning rate [default: the method's, scaled by batch/256].",
+    help="Peak AdamW learning rate [default: the method's, scaled by the global "
+    "batch: batch x processes / 256].",
 )
 @where_option
 @click.option(

@@ -154,7 +154,7 @@ def pretrain(
             unknown µm/px are resized whole). ``None``: the recipe's.
         fov_um: Field of view of the input in µm.
         lr: Peak AdamW learning rate (``None``: the method's default, scaled by
-            ``batch_size / 256``).
+            the global batch: ``batch_size x processes / 256``).
         seed: Seed of the init, batch draws and augmentations.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         devices: Number of devices for DDP (``None``: the one ``device`` names).
@@ -355,6 +355,8 @@ def pretrain(
         "recipe": settings.to_dict(),
         "world_size": result.world_size,
         "cells_per_epoch": result.cells_per_epoch,
+        "lr": result.lr,
+        "sync_batchnorm": result.sync_batchnorm,
     }
 
     def register() -> dict[str, Any]:  # on global rank 0 only

@@ -66,6 +66,7 @@ __all__ = [
     "global_rank",
     "launch_rank",
     "on_global_zero",
+    "sync_batchnorm",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class TrainConfig:
         method: Self-supervised method name (see ``METHODS``).
         batch_size: Cells per batch and device (each gives two or more views).
         lr: AdamW peak learning rate; ``None``: the method's default scaled by
-            ``batch_size / 256``.
+            the global batch, ``batch_size x processes / 256`` (linear scaling).
         weight_decay: AdamW weight decay (not applied to norms and biases).
         warmup: Fraction of the run with a linear learning-rate warm-up.
         balance: ``"dataset"`` (each dataset equally likely per draw) or ``"none"``.
@@ -140,6 +141,9 @@ class TrainResult:
             (counted from the batches, resumed epochs included).
         world_size: Processes that trained (1 without DDP).
         global_rank: This process's rank (0 without DDP).
+        lr: The peak learning rate used.
+        sync_batchnorm: Whether BatchNorm statistics were synchronised across
+            processes (see :func:`sync_batchnorm`).
     """
 
     epochs: list[dict[str, Any]]
@@ -152,6 +156,8 @@ class TrainResult:
     cells_per_epoch: list[int] = field(default_factory=list)
     world_size: int = 1
     global_rank: int = 0
+    lr: float = 0.0
+    sync_batchnorm: bool = False
 
 
 def lightning_hardware(
@@ -206,6 +212,8 @@ class SSLModule(pl.LightningModule):
         std: Normalisation standard deviation.
         total_steps: Optimizer steps of the whole run, if it is epoch-bounded.
         budget_s: Training seconds of the whole run, if it is time-bounded.
+        world_size: DDP processes (each takes ``config.batch_size`` cells a step):
+            the default learning rate scales with the global batch.
     """
 
     def __init__(
@@ -216,6 +224,7 @@ class SSLModule(pl.LightningModule):
         std: Sequence[float],
         total_steps: int | None = None,
         budget_s: float | None = None,
+        world_size: int = 1,
     ) -> None:
         super().__init__()
         self.method = method
@@ -231,7 +240,7 @@ class SSLModule(pl.LightningModule):
         self.lr = (
             config.lr
             if config.lr is not None
-            else method.default_lr * config.batch_size / 256
+            else method.default_lr * config.batch_size * world_size / 256
         )
         self.elapsed_before_s = 0.0
         self._fit_started: float | None = None
@@ -497,7 +506,7 @@ def train_ssl(
     )
     total_steps = len(sampler) * epochs if epochs is not None else None
     method.train()  # backbones come in eval mode; BN must use batch statistics
-    module = SSLModule(method, config, mean, std, total_steps, max_s)
+    module = SSLModule(method, config, mean, std, total_steps, max_s, world)
     history = history if history is not None else TrainingHistory()
     cells = _CellsSeen()
     rank = launch_rank(per_node)
@@ -530,6 +539,9 @@ def train_ssl(
             enable_checkpointing=False,
             num_sanity_val_steps=0,
             use_distributed_sampler=False,
+            # BatchNorm over the global batch (as SimCLR/BYOL train); torch's
+            # SyncBatchNorm runs on GPUs only, so CPU processes keep their own.
+            sync_batchnorm=sync_batchnorm(accelerator, world),
             log_every_n_steps=1,
         )
         loader = _loader(images_u8, rows, domains, config, trainer)
@@ -565,7 +577,23 @@ def train_ssl(
         cells_per_epoch=list(cells.per_epoch),
         world_size=int(trainer.world_size),
         global_rank=int(trainer.global_rank),
+        lr=float(module.lr),
+        sync_batchnorm=sync_batchnorm(accelerator, world),
     )
+
+
+def sync_batchnorm(accelerator: str, world: int) -> bool:
+    """Return whether a run synchronises BatchNorm statistics across processes.
+
+    Yes under DDP on GPUs (statistics of the global batch, as the SimCLR and BYOL
+    papers train); no on one process, and no on CPUs, where torch's
+    :class:`~torch.nn.SyncBatchNorm` does not run (each process keeps its own).
+
+    Examples:
+        >>> sync_batchnorm("gpu", 8), sync_batchnorm("cpu", 2), sync_batchnorm("gpu", 1)
+        (True, False, False)
+    """
+    return world > 1 and accelerator in ("gpu", "cuda")
 
 
 def launch_rank(devices_per_node: int = 1) -> int:

@@ -107,6 +107,9 @@ def test_ddp_pretrain__both_processes_exit_0_and_rank_0_registers_once(
     # every selected cell drawn once per epoch across both processes
     assert card["extra"]["cells_per_epoch"] == [SELECTED]
     assert card["extra"]["steps"] == -(-SELECTED // (2 * 16))  # per process
+    # the default rate follows the global batch (2 x 16 cells); SimCLR's is 2e-3
+    assert card["extra"]["lr"] == pytest.approx(2e-3 * 2 * 16 / 256)
+    assert card["extra"]["sync_batchnorm"] is False  # torch syncs BN on GPUs only
     rows = Store.open(store).sql("SELECT name, sha256 FROM models").rows
     assert rows == [("ddp", card["sha256"])]
     folder = store / "models" / "ddp"
@@ -258,3 +261,10 @@ def test_on_global_zero__destroys_the_process_group_after_its_broadcast(
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_sync_batchnorm__on_gpus_under_ddp_only() -> None:
+    from cytostore.embedder.train import sync_batchnorm
+
+    assert sync_batchnorm("gpu", 2) and sync_batchnorm("cuda", 8)
+    assert not sync_batchnorm("gpu", 1) and not sync_batchnorm("cpu", 2)

@@ -159,6 +159,12 @@ def test_pretrain__shrinks_the_batch_to_the_cells(
         card = pretrain(store, "few", epochs=1, where="cell_id <= 10", **FAST)
     assert "batch size shrunk from 16 to 10" in caplog.text
     assert card.data == {"a": 10} and card.extra["config"]["batch_size"] == 10
+    # one process: the default rate scales with the batch actually used
+    from cytostore.embedder.methods import METHODS
+
+    default = METHODS[card.extra["config"]["method"]].default_lr
+    assert card.extra["lr"] == pytest.approx(default * 10 / 256)
+    assert card.extra["world_size"] == 1 and card.extra["sync_batchnorm"] is False
 
 
 def test_pretrain__vanished_files_are_skipped_and_training_goes_on(
