@@ -429,7 +429,7 @@ def _median_ms(call: Callable[[int], Any], n: int = 20) -> float:
 def breakdown(root: Path) -> dict[str, float]:
     """Return in-process, one-thread median ms of the calls behind the two routes."""
     from cytostore.serve import views
-    from cytostore.serve.cache import CatalogCache
+    from cytostore.serve.cache import CatalogCache, hit_columns
     from cytostore.serve.images import THUMBNAIL_PX, ThumbnailCache, cell_png
 
     store = Store.open(root)
@@ -438,6 +438,11 @@ def breakdown(root: Path) -> dict[str, float]:
     return {
         "search": _median_ms(lambda i: store.search(i, k=K)),
         "neighbors": _median_ms(lambda i: views.neighbors(store, i, None, K)),
+        "neighbors_kept": _median_ms(
+            lambda i: views.neighbors(store, i, None, K, cache=memo)
+        ),
+        "hit_columns_mib": getattr(hit_columns(store, views._HIT_META), "nbytes", 0)
+        / (1 << 20),
         "cell_meta": _median_ms(lambda i: store.cell_meta([i], ["label"])),
         "thumbnail": _median_ms(lambda i: cell_png(store, i, THUMBNAIL_PX)),
         "cached": _median_ms(cached.get),
@@ -623,7 +628,10 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         "Where a request's time goes (after the loads, in-process, one thread, no "
         f"server, median of 20): `Store.search` {b['search']:.1f} ms; the neighbours "
-        f"route's `serve.views.neighbors` {b['neighbors']:.1f} ms; one "
+        f"route's `serve.views.neighbors` {b['neighbors_kept']:.1f} ms with the "
+        "server's memo (the hit columns of every cell kept in Arrow while the "
+        f"catalog is unchanged: {b['hit_columns_mib']:.1f} MiB; no catalog "
+        f"connection), {b['neighbors']:.1f} ms without it; one "
         f"`Store.cell_meta` lookup (a catalog connection) {b['cell_meta']:.1f} ms; "
         f"the grid page's data (`serve.views.cells`: page, total and counts over "
         f"one catalog connection) {b['grid']:.1f} ms, {b['grid_kept']:.2f} ms when "
