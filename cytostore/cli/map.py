@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,30 @@ def _rows(mixing: dict[str, Any]) -> list[list[Any]]:
             ]
         )
     return rows
+
+
+def _compile_note(progress: Callable[[int, int], None]) -> Callable[[int, int], None]:
+    """Return ``progress`` preceded, on a terminal, by a note that UMAP compiles.
+
+    The note is shown where the bar is (stderr a terminal, tqdm's own test), as the
+    neighbour search before the first epoch compiles numba code for tens of seconds.
+    """
+    noted = False
+
+    def update(done: int, total: int) -> None:
+        nonlocal noted
+        if not noted and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            tqdm.write(
+                "umap: the first run in a process compiles numba code (tens of "
+                "seconds) before the epochs start",
+                file=sys.stderr,
+            )
+        noted = True
+        progress(done, total)
+
+    return update
 
 
 def _score(value: float | None) -> str:
@@ -146,7 +172,8 @@ def map_command(
     group. Low dataset and patient scores and a high cell-type score are good.
     It is computed on the embedding, not on the 2-D picture.
 
-    UMAP (the default) compiles its code on first use (numba: tens of seconds);
+    UMAP (the default) compiles its code on first use (numba: tens of seconds;
+    on a terminal a note says so, then a bar counts its optimisation epochs);
     --method pca is instant.
 
     \b
@@ -160,7 +187,10 @@ def map_command(
 
     run = name if name is not None else f"{model}-{method}"
     png = out if out is not None else Path(f"map-{run}.png")
-    with progress_bar("mixing") as progress:
+    with (
+        progress_bar("mixing") as progress,
+        progress_bar("umap", unit="epoch") as epochs,
+    ):
         result = map_cells(
             store,
             model,
@@ -174,6 +204,7 @@ def map_command(
             seed=seed,
             out=png,
             progress=progress,
+            umap_progress=_compile_note(epochs),
         )
     report = {**result.report(), "mixing": result.mixing}
     echo_result(render_result(report, fmt, list(_COLUMNS), _rows(result.mixing)))

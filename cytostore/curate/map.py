@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -47,6 +48,10 @@ MAX_LEGEND = 20
 _MIN_CELLS = 4
 #: Above this many cells, a UMAP map warns that it will take minutes.
 _LARGE_UMAP = 50_000
+#: umap-learn runs 500 epochs up to this many rows, 200 above.
+_UMAP_FEW_ROWS = 10_000
+#: One frame of the epoch bar (``_epoch_tqdm_kwds``): done/total.
+_FRAME = re.compile(r"(\d+)/(\d+)")
 
 
 @dataclass
@@ -117,6 +122,7 @@ def project(
     metric: str = "cosine",
     seed: int = 0,
     n_neighbors: int = 15,
+    progress: Callable[[int, int], None] | None = None,
 ) -> npt.NDArray[np.float32]:
     """Return 2-D coordinates of the rows of ``X``.
 
@@ -128,6 +134,10 @@ def project(
         metric: ``cosine`` (rows are scaled to unit length first) or ``l2``.
         seed: Seed of the projection.
         n_neighbors: UMAP's neighbourhood size (capped at n - 1).
+        progress: UMAP only: called as ``progress(done, total)`` over its
+            optimisation epochs (umap's default count: 500, or 200 above 10,000
+            rows), first with ``done=0`` before the neighbour search, which on a
+            process's first UMAP also compiles umap's numba code.
 
     Returns:
         float32 (n, 2) coordinates.
@@ -161,6 +171,12 @@ def project(
 
         import umap
 
+        # umap's own default, fixed here so the total is known before the fit
+        n_epochs = 500 if x.shape[0] <= _UMAP_FEW_ROWS else 200
+        tqdm_kwds: dict[str, Any] = {"disable": True}
+        if progress is not None:
+            progress(0, n_epochs)
+            tqdm_kwds = _epoch_tqdm_kwds(progress)
         with warnings.catch_warnings():
             # umap warns that a random_state forces one thread: that is the point.
             warnings.simplefilter("ignore", UserWarning)
@@ -168,12 +184,51 @@ def project(
                 n_neighbors=min(n_neighbors, x.shape[0] - 1),
                 n_components=2,
                 metric="euclidean",
+                n_epochs=n_epochs,
                 random_state=seed,
                 n_jobs=1,
                 init="spectral" if x.shape[0] > n_neighbors + 1 else "random",
+                verbose=False,
+                tqdm_kwds=tqdm_kwds,
             )
             xy = reducer.fit_transform(x)
     return np.ascontiguousarray(np.asarray(xy, dtype=np.float32))
+
+
+class _EpochSink:
+    """A file for umap's tqdm bar that passes its ``n/total`` frames to a callback.
+
+    umap-learn reports its epochs only through a tqdm bar (``tqdm_kwds``), with no
+    callback: the bar is drawn in the fixed format ``{n}/{total}`` into this object,
+    which reads the two numbers back instead of printing them.
+    """
+
+    def __init__(self, progress: Callable[[int, int], None]) -> None:
+        self._progress = progress
+        self._done = 0  # project() reports 0 itself, before the neighbour search
+
+    def write(self, text: str) -> int:
+        for match in _FRAME.finditer(text):
+            done, total = int(match[1]), int(match[2])
+            if done > self._done:  # tqdm redraws the last frame on close
+                self._done = done
+                self._progress(done, total)
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+
+
+def _epoch_tqdm_kwds(progress: Callable[[int, int], None]) -> dict[str, Any]:
+    """Return umap's ``tqdm_kwds`` that report every epoch to ``progress``."""
+    return {
+        "disable": False,
+        "file": _EpochSink(progress),
+        "bar_format": "{n}/{total}",
+        "mininterval": 0,
+        "miniters": 1,
+        "leave": True,
+    }
 
 
 def _is_numeric(values: Sequence[Any]) -> bool:
@@ -317,6 +372,7 @@ def map_cells(
     seed: int = 0,
     out: str | os.PathLike[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    umap_progress: Callable[[int, int], None] | None = None,
 ) -> MapResult:
     """Map the embedded cells to 2-D, store the run, draw it and score the mixing.
 
@@ -336,6 +392,8 @@ def map_cells(
         seed: Seed of the projection and the samples.
         out: The PNG's path (``None``: no picture).
         progress: Called with ``(done, total)`` while the mixing score runs.
+        umap_progress: Called with ``(done, total)`` over UMAP's optimisation
+            epochs, from 0 before its neighbour search (see :func:`project`).
 
     Returns:
         The :class:`MapResult`.
@@ -382,7 +440,13 @@ def map_cells(
             _LARGE_UMAP,
         )
     started = time.monotonic()
-    xy = project(np.asarray(matrix[order]), method, metric=mixing["metric"], seed=seed)
+    xy = project(
+        np.asarray(matrix[order]),
+        method,
+        metric=mixing["metric"],
+        seed=seed,
+        progress=umap_progress,
+    )
     elapsed = time.monotonic() - started
     params = {
         "method": method,

@@ -119,6 +119,27 @@ def test_project__umap_is_seeded() -> None:
     assert ((d.argmin(axis=1) < 30) == (np.arange(60) < 30)).all()
 
 
+def test_project__umap_progress_counts_every_epoch_and_changes_nothing() -> None:
+    import umap
+
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(0, 1, (30, 8)), rng.normal(6, 1, (30, 8))])
+    calls: list[tuple[int, int]] = []
+    a = project(
+        x, "umap", metric="l2", seed=2, progress=lambda d, t: calls.append((d, t))
+    )
+    assert calls[0] == (0, 500) and calls[-1] == (500, 500)
+    done = [d for d, _ in calls]
+    assert done == sorted(set(done)) and {t for _, t in calls} == {500}
+    assert len(calls) > 10  # epochs are reported as they run, not just at the end
+    np.testing.assert_array_equal(a, project(x, "umap", metric="l2", seed=2))
+    # the oracle: umap-learn with its default epoch count, unwrapped
+    ref = umap.UMAP(n_neighbors=15, random_state=2, n_jobs=1).fit_transform(
+        x.astype(np.float32)
+    )
+    np.testing.assert_array_equal(a, np.asarray(ref, dtype=np.float32))
+
+
 def test_draw_map__numbers_get_a_colour_scale(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     xy = rng.normal(size=(200, 2))
@@ -168,6 +189,41 @@ def test_map_cli__json_is_the_whole_report(
     assert [r["dataset"] for r in doc["mixing"]["per_dataset"]] == [
         "bm", "lmu", "mll_helmholtz",
     ]  # fmt: skip
+
+
+def test_map_cli__umap_in_a_pipe_prints_only_the_summary(
+    embedded_store_copy: Path, tmp_path: Path
+) -> None:
+    result = _cli(
+        "map", str(embedded_store_copy), "--model", MODEL, "--sample", "60",
+        "--out", str(tmp_path / "m.png"), "--format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["cells"] == 60
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"map run {MODEL}-umap: 60 cells ")
+    assert "\r" not in result.stderr
+
+
+def test_map_cli__the_compile_note_shows_once_and_only_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    from cytostore.cli.map import _compile_note
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, notes in ((io.StringIO(), 0), (Terminal(), 1)):
+        monkeypatch.setattr("sys.stderr", stream)
+        seen: list[tuple[int, int]] = []
+        update = _compile_note(lambda d, t, seen=seen: seen.append((d, t)))
+        update(0, 500)
+        update(7, 500)
+        assert seen == [(0, 500), (7, 500)]
+        assert stream.getvalue().count("compiles numba code") == notes
 
 
 @pytest.mark.parametrize(
