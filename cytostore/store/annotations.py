@@ -11,6 +11,9 @@ nothing changes):
 
 - a name that ``cell_meta`` already has from elsewhere (``label``, ``dataset``, a
   patient column, ``tags``) is refused: import it under another name (``--as``);
+- the other way round, a ``patients`` column added later under an imported name
+  (it would hide the annotation in ``cell_meta``) is refused by the patients
+  writer (:meth:`Catalog.upsert_patients`);
 - every row names a catalogued cell, and no cell twice;
 - re-importing a column *merges*: cells new to it get their values, equal values
   change nothing, and a different value for a cell that already has one is a
