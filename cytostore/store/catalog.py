@@ -808,7 +808,8 @@ class Catalog:
         whose name clashes with a ``cells`` column is stored as ``patient_<name>``.
 
         Raises:
-            InvalidArgumentError: If a column name is not a plain identifier.
+            InvalidArgumentError: If a column name is not a plain identifier, or
+                is an imported annotation column's (it would hide it).
         """
         if not rows:
             return
@@ -841,6 +842,22 @@ class Catalog:
                     "WHERE table_name = 'patients'"
                 ).fetchall()
             }
+            # cell_meta keeps a patients column over an annotation of its name.
+            notes = {
+                r[0].lower(): r[0]
+                for r in con.execute("SELECT name FROM annotation_columns").fetchall()
+            }
+            hides = [(k, notes[k.lower()]) for k in extra if k.lower() in notes]
+            if hides:
+                from cytostore.errors import InvalidArgumentError
+
+                raise InvalidArgumentError(
+                    f"patients column {hides[0][0]!r} would hide the annotation "
+                    f"column {hides[0][1]!r} in cell_meta: rename it in the patients "
+                    f"table, or drop the annotation ('cytostore annotate STORE --drop "
+                    f"{hides[0][1]}') and import it again under another name with "
+                    "--as PREFIX"
+                )
             for k, typ in extra.items():
                 if k not in have:
                     con.execute(f'ALTER TABLE patients ADD COLUMN "{k}" {typ}')
