@@ -1,21 +1,16 @@
-"""Reading embeddings and their cell metadata from a store, aligned row by row."""
+"""The heads' cell loading: the store's loader, patients as bags, filters."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
 
 from cytostore.errors import (
     EmptySelectionError,
     InvalidArgumentError,
     UnknownPatientError,
 )
-from cytostore.store import Store
+from cytostore.store import Cells, Store, is_missing, load_cells
 
 __all__ = [
     "Cells",
@@ -27,7 +22,8 @@ __all__ = [
     "sql_literal",
 ]
 
-_MISSING = {"", "nan", "none", "null", "na", "n/a"}
+#: The store's missing-value rule, under the name the heads' callers use.
+missing_label = is_missing
 
 
 def open_store(store: Store | str | os.PathLike[str]) -> Store:
@@ -58,82 +54,6 @@ def sql_literal(value: str) -> str:
         "'O''Brien'"
     """
     return "'" + str(value).replace("'", "''") + "'"
-
-
-def missing_label(value: Any) -> bool:
-    """Return whether a label value counts as missing (None, NaN, empty, 'nan')."""
-    if value is None:
-        return True
-    if isinstance(value, float):
-        return bool(np.isnan(value))
-    return str(value).strip().lower() in _MISSING
-
-
-@dataclass
-class Cells:
-    """Embeddings of selected cells with metadata columns, row-aligned.
-
-    Attributes:
-        ids: int64 (n,) cell ids.
-        X: (n, dim) vectors in the stored dtype.
-        meta: ``{column: object array (n,)}``.
-    """
-
-    ids: npt.NDArray[np.int64]
-    X: npt.NDArray[Any]
-    meta: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
-
-    def take(self, rows: npt.NDArray[np.int64] | npt.NDArray[np.bool_]) -> Cells:
-        """Return the subset of rows (indices or mask)."""
-        return Cells(
-            self.ids[rows], self.X[rows], {k: v[rows] for k, v in self.meta.items()}
-        )
-
-    def __len__(self) -> int:
-        return int(self.ids.size)
-
-
-def load_cells(
-    store: Store, model: str | int | None, where: str | None, columns: list[str]
-) -> Cells:
-    """Return the vectors of ``model`` for cells matching ``where`` and their metadata.
-
-    Args:
-        store: The store.
-        model: Model name or embedding-set id (``None``: the store's only set).
-        where: SQL filter over ``cell_meta`` (``None``: every embedded cell).
-        columns: ``cell_meta`` columns to return.
-
-    Raises:
-        InvalidWhereError: If ``where`` is invalid.
-        UnknownColumnError: If a column is not in ``cell_meta``.
-        EmptySelectionError: If no embedded cell matches.
-        UnknownEmbeddingSetError: If the model has no vectors.
-    """
-    cols = list(dict.fromkeys(c for c in columns if c))
-    store.require_columns(cols)
-    ids, X = store.vectors(model, where)
-    if ids.size == 0:
-        raise EmptySelectionError(f"--where {where!r} selects no embedded cell")
-    # The rows of the chosen cells by id: the filter was applied once, by vectors().
-    rows = store.cell_meta(ids, ["cell_id", *cols]).rows
-    meta_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    order = np.argsort(meta_ids, kind="stable")
-    pos = np.searchsorted(meta_ids[order], ids)
-    pos = np.clip(pos, 0, max(meta_ids.size - 1, 0))
-    found = meta_ids.size > 0 and bool(np.all(meta_ids[order][pos] == ids))
-    if not found:
-        raise InvalidArgumentError(
-            "some vectors belong to cells missing from the catalog: run "
-            "'cytostore info STORE' and re-embed"
-        )
-    take = order[pos]
-    meta: dict[str, npt.NDArray[Any]] = {}
-    for j, c in enumerate(cols, start=1):
-        col = np.empty(len(rows), dtype=object)
-        col[:] = [r[j] for r in rows]
-        meta[c] = col[take]
-    return Cells(np.asarray(ids, np.int64), X, meta)
 
 
 def load_patient_cells(
