@@ -1,25 +1,20 @@
-"""What audit and select share: loading cells, patient groups, neighbours, tiles."""
+"""What audit and select share: patient groups, neighbours, tiles."""
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from cytostore.errors import EmptySelectionError
-from cytostore.store import Store
+from cytostore.store import Cells, Store, is_missing
 
 __all__ = [
     "GROUP_COLUMNS",
-    "Cells",
-    "cells_with",
     "groups_of",
-    "missing",
     "open_store",
     "other_group_neighbors",
     "tiles",
@@ -30,88 +25,13 @@ logger = logging.getLogger(__name__)
 
 #: The columns that say which patient a cell comes from.
 GROUP_COLUMNS = ("dataset", "patient_id")
-_MISSING = {"", "nan", "none", "null", "na", "n/a"}
-
-
-def missing(value: Any) -> bool:
-    """Return whether a value counts as unset (None, NaN, empty, 'nan', 'NA', ...).
-
-    The same rule as the heads' labels (:func:`cytostore.heads._data.missing_label`),
-    kept here so that ``select`` does not import the heads (and torch).
-
-    Examples:
-        >>> [missing(v) for v in (None, float("nan"), " NA ", "BLA")]
-        [True, True, True, False]
-    """
-    if value is None:
-        return True
-    if isinstance(value, float):
-        return bool(np.isnan(value))
-    return str(value).strip().lower() in _MISSING
-
-
-@dataclass
-class Cells:
-    """Embedded cells with metadata columns, row-aligned.
-
-    Attributes:
-        ids: int64 (n,) cell ids, in the set's row order.
-        X: (n, dim) vectors in the stored dtype.
-        meta: ``{column: object array (n,)}``.
-    """
-
-    ids: npt.NDArray[np.int64]
-    X: npt.NDArray[Any]
-    meta: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
-
-    def take(self, rows: npt.NDArray[np.int64]) -> Cells:
-        """Return the subset of rows (indices)."""
-        return Cells(
-            self.ids[rows], self.X[rows], {k: v[rows] for k, v in self.meta.items()}
-        )
-
-    def __len__(self) -> int:
-        return int(self.ids.size)
-
-
-def cells_with(
-    store: Store,
-    model: str | int | None,
-    where: str | None,
-    columns: list[str],
-) -> Cells:
-    """Return the embedded cells ``where`` selects with ``columns`` and the groups.
-
-    Raises:
-        UnknownColumnError: If a column is not in ``cell_meta``.
-        InvalidWhereError: If ``where`` is invalid.
-        EmptySelectionError: If no embedded cell matches.
-        UnknownEmbeddingSetError: If the model has no vectors.
-    """
-    cols = list(dict.fromkeys([*columns, *GROUP_COLUMNS]))
-    store.require_columns(cols)
-    ids, X = store.vectors(model, where)
-    if ids.size == 0:
-        raise EmptySelectionError(f"--where {where!r} selects no embedded cell")
-    rows = store.cell_meta(ids, cols).rows  # in the order of ids
-    meta: dict[str, npt.NDArray[Any]] = {}
-    for j, c in enumerate(cols):
-        col = np.empty(len(rows), dtype=object)
-        col[:] = [r[j] for r in rows]
-        meta[c] = col
-    if len(rows) != ids.size:
-        raise EmptySelectionError(
-            "some vectors belong to cells missing from the catalog: run "
-            "'cytostore verify STORE'"
-        )
-    return Cells(np.asarray(ids, np.int64), X, meta)
 
 
 def groups_of(cells: Cells) -> npt.NDArray[np.object_]:
     """Return each cell's patient as ``"dataset/patient_id"`` (``None``: none)."""
     out = np.empty(len(cells), dtype=object)
     out[:] = [
-        None if missing(p) else f"{d}/{p}"
+        None if is_missing(p) else f"{d}/{p}"
         for d, p in zip(cells.meta["dataset"], cells.meta["patient_id"], strict=True)
     ]
     return out

@@ -45,9 +45,8 @@ import numpy.typing as npt
 
 from cytostore._knn import TEMPERATURE, knn_vote
 from cytostore.curate._common import (
-    cells_with,
+    GROUP_COLUMNS,
     groups_of,
-    missing,
     open_store,
     other_group_neighbors,
     plain,
@@ -56,7 +55,13 @@ from cytostore.curate._common import (
 from cytostore.errors import InvalidArgumentError, LabelError
 from cytostore.heads.evaluate import cross_validate, make_folds
 from cytostore.heads.linear import LinearProbe
-from cytostore.store import Store, check_run_name, write_label_issues
+from cytostore.store import (
+    Store,
+    check_run_name,
+    is_missing,
+    load_cells,
+    write_label_issues,
+)
 
 __all__ = ["AuditResult", "LabelScores", "audit", "score_label_issues"]
 
@@ -324,9 +329,9 @@ def audit(
         raise InvalidArgumentError(
             f"k={k}, folds={folds}, top={top}: give k >= 1, folds >= 2 and top >= 0"
         )
-    cells = cells_with(st, model, where, [label])
+    cells = load_cells(st, model, where, [label, *GROUP_COLUMNS])
     values = cells.meta[label]
-    keep = np.asarray([not missing(v) for v in values], dtype=bool)
+    keep = np.asarray([not is_missing(v) for v in values], dtype=bool)
     cells = cells.take(np.flatnonzero(keep))
     given = np.asarray([str(v) for v in cells.meta[label]], dtype=object)
     classes, counts = np.unique(given.astype(str), return_counts=True)

@@ -39,14 +39,19 @@ import numpy as np
 import numpy.typing as npt
 
 from cytostore.curate._common import (
-    cells_with,
-    missing,
+    GROUP_COLUMNS,
     open_store,
     tiles,
     unit_rows,
 )
 from cytostore.errors import InvalidArgumentError
-from cytostore.store import Store, check_run_name, write_selection
+from cytostore.store import (
+    Store,
+    check_run_name,
+    is_missing,
+    load_cells,
+    write_selection,
+)
 
 __all__ = [
     "STRATEGIES",
@@ -416,10 +421,10 @@ def select(
     columns = [c for c in (exclude_labelled,) if c]
     if balance_by and balance_by != PREDICTED:
         columns.append(balance_by)
-    cells = cells_with(st, model, where, columns + ["path"])
+    cells = load_cells(st, model, where, [*columns, "path", *GROUP_COLUMNS])
     if exclude_labelled:
         labelled = np.asarray(
-            [not missing(v) for v in cells.meta[exclude_labelled]], dtype=bool
+            [not is_missing(v) for v in cells.meta[exclude_labelled]], dtype=bool
         )
     else:
         labelled = np.zeros(len(cells), dtype=bool)
@@ -528,7 +533,7 @@ def select(
 
 
 def _key(value: Any) -> str:
-    return "(none)" if missing(value) else str(value)
+    return "(none)" if is_missing(value) else str(value)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
