@@ -26,6 +26,7 @@ from cytostore.store.catalog import (
     QueryResult,
     safe_identifier,
 )
+from cytostore.store.cellsets import MISSING_TEXTS, Cells, is_missing, load_cells
 from cytostore.store.checksums import forget_files, record_file, record_tree
 from cytostore.store.curation import (
     CURATION_KINDS,
@@ -63,10 +64,12 @@ __all__ = [
     "CATALOG_FILE",
     "CELL_COLUMNS",
     "CURATION_KINDS",
+    "Cells",
     "Catalog",
     "DTYPES",
     "GRID_COLUMNS",
     "MIXING_K",
+    "MISSING_TEXTS",
     "EmbeddingSet",
     "EmbeddingSetHandle",
     "MODEL_COLUMNS",
@@ -88,8 +91,10 @@ __all__ = [
     "count_cells",
     "find_cells",
     "forget_files",
+    "is_missing",
     "is_inside",
     "list_models",
+    "load_cells",
     "ls",
     "mixing_score",
     "parse_shard",
