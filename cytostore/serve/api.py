@@ -27,24 +27,15 @@ from cytostore.errors import (
     WriteRefusedError,
 )
 from cytostore.serve import views
+from cytostore.serve._request import param as _q
+from cytostore.serve._request import store_of as _store
 from cytostore.serve.images import cell_png
-from cytostore.store import Store
 
 __all__ = ["MAX_UPLOAD_BYTES", "ROUTES", "read_upload"]
 
 #: Largest accepted upload (the whole multipart body), in bytes.
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 _SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
-
-
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
-
-
-def _q(request: Request, name: str) -> str | None:
-    value = request.query_params.get(name)
-    return value if value not in (None, "") else None
 
 
 def _png(data: bytes, cache: bool) -> Response:

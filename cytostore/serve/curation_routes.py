@@ -17,20 +17,11 @@ from starlette.routing import Route
 
 from cytostore.errors import InvalidWhereError, UnknownColumnError
 from cytostore.serve import curation, views
+from cytostore.serve._request import param as _q
+from cytostore.serve._request import store_of as _store
 from cytostore.serve.pages import render
-from cytostore.store import Store
 
 __all__ = ["ROUTES"]
-
-
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
-
-
-def _q(request: Request, name: str) -> str | None:
-    value = request.query_params.get(name)
-    return value if value not in (None, "") else None
 
 
 def _page_number(request: Request) -> int:

@@ -16,14 +16,9 @@ from starlette.routing import Route
 
 from cytostore.errors import CytostoreError
 from cytostore.serve import views
-from cytostore.store import Store
+from cytostore.serve._request import store_of as _store
 
 __all__ = ["ROUTES", "error_page", "favicon"]
-
-
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
 
 
 def _q(request: Request, name: str) -> str:

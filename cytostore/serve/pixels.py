@@ -27,17 +27,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cytostore.errors import InvalidArgumentError
+from cytostore.serve._request import store_of as _store
 from cytostore.store import Store
 
 __all__ = ["ROUTES"]
 
 _LOCK = threading.Lock()
 _MAX_CELLS = 8
-
-
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
 
 
 def _params(request: Request) -> dict[str, Any]:
