@@ -7,6 +7,17 @@ function selectedCellIds() {
   return Array.from(document.querySelectorAll("input.select-cell:checked")).map((c) => Number(c.value));
 }
 
+async function postTags(body) {
+  // The server's only write: POST /api/tags (JSON, same origin); returns [response, its JSON].
+  const resp = await fetch("/api/tags", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+    credentials: "same-origin",
+  });
+  return [resp, await resp.json()];
+}
+
 async function changeTags(which) {
   const status = document.getElementById("tag-status");
   const tag = document.getElementById("tag").value.trim();
@@ -16,13 +27,7 @@ async function changeTags(which) {
   const body = { cell_ids: ids, add: which === "add" ? [tag] : [], remove: which === "remove" ? [tag] : [] };
   status.textContent = "…";
   try {
-    const resp = await fetch("/api/tags", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-      credentials: "same-origin",
-    });
-    const data = await resp.json();
+    const [resp, data] = await postTags(body);
     if (!resp.ok) { status.textContent = "Error: " + data.error; status.className = "error"; return; }
     status.className = "";
     status.textContent = `${data.cells} cells: ${data.added} tags added, ${data.removed} removed`;
@@ -39,13 +44,7 @@ async function markReviewed(button) {
   const other = Array.from(row.querySelectorAll("button.mark")).map((b) => b.dataset.verdict).filter((v) => v !== verdict);
   const body = { cell_ids: [Number(row.dataset.cellId)], add: ["reviewed", verdict], remove: other };
   try {
-    const resp = await fetch("/api/tags", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-      credentials: "same-origin",
-    });
-    const data = await resp.json();
+    const [resp, data] = await postTags(body);
     if (!resp.ok) { status.textContent = "Error: " + data.error; status.className = "error"; return; }
     row.classList.add("reviewed");
     row.querySelector(".tags").textContent = ["reviewed", verdict].join(", ");
